@@ -1,0 +1,82 @@
+"""Margin status and calls from equity, IM and MM (vectorised over accounts).
+
+Status bands, in the spirit of Binance's uniMMR bands (equity / MM), with IM on top:
+
+- ``ok``           equity ≥ IM;
+- ``call``         reduce_only_mm_ratio·MM ≤ equity < IM: top up to IM;
+- ``reduce_only``  liquidation_mm_ratio·MM ≤ equity < reduce_only_mm_ratio·MM;
+- ``liquidation``  equity < liquidation_mm_ratio·MM.
+
+A band that would start above IM (because IM is close to MM) is capped at IM,
+so an account at or above IM is always ``ok``. ``call_amount`` = max(IM − equity, 0),
+the cash that restores IM, for every status but ``ok``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("ok", "call", "reduce_only", "liquidation")
+
+REASONS = {
+    "call": "equity below initial margin",
+    "reduce_only": "equity below the reduce-only band of maintenance margin",
+    "liquidation": "equity below the liquidation band of maintenance margin",
+}
+
+
+@dataclass(frozen=True)
+class CallParams:
+    """Thresholds as multiples of MM (Binance uniMMR: reduce-only below 1.20, liquidation below 1.05 there).
+
+    reduce_only_mm_ratio: equity below this × MM is reduce-only (default 1.10).
+    liquidation_mm_ratio: equity below this × MM is liquidated (default 1.00: MM is the line).
+    """
+
+    reduce_only_mm_ratio: float = 1.10
+    liquidation_mm_ratio: float = 1.00
+
+    def __post_init__(self):
+        if not (0.0 < self.liquidation_mm_ratio <= self.reduce_only_mm_ratio):
+            raise ValueError(
+                "need 0 < liquidation_mm_ratio <= reduce_only_mm_ratio, got "
+                f"{self.liquidation_mm_ratio} and {self.reduce_only_mm_ratio}"
+            )
+
+
+def classify(im: np.ndarray, mm: np.ndarray, equity: np.ndarray, params: CallParams | None = None):
+    """(status [n] str, call_amount [n] USD) per account; see the module docstring."""
+    params = params or CallParams()
+    im = np.asarray(im, dtype=np.float64)
+    mm = np.asarray(mm, dtype=np.float64)
+    eq = np.asarray(equity, dtype=np.float64)
+    liq_line = np.minimum(params.liquidation_mm_ratio * mm, im)
+    ro_line = np.minimum(params.reduce_only_mm_ratio * mm, im)
+    status = np.select(
+        [eq >= im, eq >= ro_line, eq >= liq_line],
+        ["ok", "call", "reduce_only"],
+        default="liquidation",
+    ).astype(object)
+    amount = np.where(status == "ok", 0.0, np.maximum(im - eq, 0.0))
+    return status, amount
+
+
+def calls_table(margin: pd.DataFrame) -> pd.DataFrame:
+    """Accounts that need action: ``account_id, model, currency, status, call_amount, reason, im, mm, equity``."""
+    need = margin[margin["status"] != "ok"]
+    out = need[["account_id", "model", "currency", "status", "call_amount", "im", "mm", "equity"]].copy()
+    out.insert(5, "reason", out["status"].map(REASONS).astype(object))
+    return out.reset_index(drop=True)
+
+
+def status_counts(status) -> dict:
+    """{status: count} over every status name (zeros included)."""
+    s = pd.Series(np.asarray(status, dtype=object))
+    counts = s.value_counts()
+    return {k: int(counts.get(k, 0)) for k in STATUSES}
+
+
+__all__ = ["STATUSES", "REASONS", "CallParams", "classify", "calls_table", "status_counts"]

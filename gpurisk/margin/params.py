@@ -1,0 +1,105 @@
+"""Typed parameter files: a TOML file read into a frozen dataclass, strictly.
+
+Every key of the file must name a field of the dataclass (nested dataclasses are
+TOML tables), and every value must have the field's type; otherwise a
+``ConfigError`` names the file and the dotted key. Keys the file leaves out keep
+the dataclass defaults, so an empty file means "the code defaults".
+
+Supported field types: ``bool``, ``int``, ``float`` (an integer is accepted),
+``str``, ``tuple[X, ...]``, fixed ``tuple[X, Y]``, ``dict[str, X]`` and nested
+frozen dataclasses. TOML arrays become tuples, so loaded params stay hashable
+and compare equal to the code defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def _convert(value, tp, where: str, src: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for alt in args:
+            if alt is type(None):
+                continue
+            try:
+                return _convert(value, alt, where, src)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{src}: key {where!r} has a value of the wrong type ({type(value).__name__})")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: key {where!r} must be a table")
+        return build(tp, value, src, prefix=where + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: key {where!r} must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: key {where!r} must be an integer, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{src}: key {where!r} must be a number, not {value!r}")
+        value = float(value)
+        if math.isnan(value):
+            raise ConfigError(f"{src}: key {where!r} must not be nan")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{src}: key {where!r} must be a string, not {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: key {where!r} must be an array")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]", src) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{src}: key {where!r} must be an array of {len(args)} values")
+        return tuple(_convert(v, a, f"{where}[{i}]", src) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: key {where!r} must be a table")
+        return {str(k): _convert(v, args[1], f"{where}.{k}", src) for k, v in value.items()}
+    raise ConfigError(f"{src}: key {where!r} has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def build(cls, data: dict, src: str = "<params>", prefix: str = ""):
+    """An instance of dataclass ``cls`` from a parsed TOML table; defaults for missing keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{src}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], prefix + k, src) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{src}: {exc}") from exc
+
+
+def load(cls, path: str | Path | None):
+    """``cls()`` when ``path`` is None, else the TOML file at ``path`` read strictly into ``cls``."""
+    if path is None:
+        return cls()
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: parameter file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return build(cls, data, str(p))
+
+
+__all__ = ["build", "load"]
