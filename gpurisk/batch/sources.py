@@ -1,0 +1,206 @@
+"""Resolving a job's inputs: the book folder (fixed, latest snapshot or sample), model
+parameters and scenario sets.
+
+Snapshots: ``[book] snapshots = DIR`` uses the last sub-folder of DIR in name order
+(name snapshots by UTC time, e.g. ``2026-11-21T1000Z``); hidden folders and
+folders whose name ends in ``.tmp`` are ignored (a snapshot being written).
+
+Sample books are generated once per (accounts, seed, as_of) into
+``OUTPUT/.cache/sample-a<N>-s<S>[-<as_of>]/`` with ``gpurisk generate`` and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import MappingProxyType
+
+from ..config import BookSource, JobConfig, ModelJob, ScenarioSpec
+from ..errors import BookError, ConfigError
+
+
+def latest_snapshot(folder: Path) -> Path:
+    """The last snapshot sub-folder of ``folder`` in name order; BookError if none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BookError(f"{folder}: snapshot folder not found")
+    subs = sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".tmp")
+    )
+    if not subs:
+        raise BookError(f"{folder}: no snapshot sub-folders")
+    return subs[-1]
+
+
+def sample_dir(out: Path, source: BookSource) -> Path:
+    s = source.sample
+    tag = f"sample-a{s.accounts}-s{s.seed}" + (f"-{_safe(s.as_of)}" if s.as_of else "")
+    return Path(out) / ".cache" / tag
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+
+
+def ensure_sample(out: Path, source: BookSource, generate_cli=None) -> Path:
+    """Generate the sample book into the cache (once; atomically by folder rename) and return its folder."""
+    target = sample_dir(out, source)
+    if (target / ".complete").is_file():
+        return target
+    s = source.sample
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        argv = ["generate", "--accounts", str(s.accounts), "--seed", str(s.seed), "--out", str(tmp)]
+        if s.as_of:
+            argv += ["--as-of", s.as_of]
+        if generate_cli is None:
+            from ..cli import main as generate_cli
+        rc = generate_cli(argv)
+        if rc:
+            raise BookError(f"generating the sample book ({s.accounts} accounts, seed {s.seed}) failed with exit code {rc}")
+        (tmp / ".complete").write_text("ok\n")
+        if target.exists():  # an incomplete earlier attempt
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def book_folder(job: JobConfig, out: Path, generate_cli=None) -> Path:
+    """The book folder (or file) this run reads."""
+    src = job.book
+    if src.path is not None:
+        if not src.path.exists():
+            raise BookError(f"{src.path}: book not found (job {job.path.name}, book.path)")
+        return src.path
+    if src.snapshots is not None:
+        return latest_snapshot(src.snapshots)
+    return ensure_sample(out, src, generate_cli)
+
+
+def book_files(path: Path) -> dict[str, Path]:
+    """{role: file} of every regular, non-hidden file of the book (recursively), for hashing."""
+    path = Path(path)
+    if path.is_file():
+        return {f"book/{path.name}": path}
+    files = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            files[f"book/{rel.as_posix()}"] = p
+    return files
+
+
+def load_book(path: Path, loader=None):
+    """``gpurisk.io.load_book(path)`` -> LoadedBook(book, rejects, summary)."""
+    if loader is None:
+        from ..io import load_book as loader
+    return loader(str(path))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_params(module, mj: ModelJob, where: str):
+    """The model's Params: from ``params_file`` (or defaults), then the inline ``params`` overrides."""
+    params = module.load_params(str(mj.params_file) if mj.params_file else None)
+    if not mj.params:
+        return params
+    if not dataclasses.is_dataclass(params):
+        raise ConfigError(f"{where}.params: model {mj.name!r} does not take inline parameters")
+    fields = {f.name for f in dataclasses.fields(params)}
+    changes = {}
+    for key, value in mj.params.items():
+        if key not in fields:
+            raise ConfigError(f"{where}.params.{key}: unknown parameter of model {mj.name!r} "
+                              f"(known: {', '.join(sorted(fields))})")
+        current = getattr(params, key)
+        changes[key] = _coerce(value, current, f"{where}.params.{key}")
+    return dataclasses.replace(params, **changes)
+
+
+def _coerce(value, current, where: str):
+    """``value`` converted to the type of the default ``current`` (int→float, list→tuple)."""
+    if isinstance(value, MappingProxyType):
+        value = dict(value)
+    if current is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{where}: expected an array, got {value!r}")
+        return tuple(value)
+    return value
+
+
+def scenario_set(spec: ScenarioSpec, as_of, where: str):
+    """One ScenarioSet from a file or a generator; ConfigError/ScenarioError on a bad request."""
+    if spec.file is not None:
+        if not spec.file.is_file():
+            raise ConfigError(f"{where}.file: scenario file {spec.file} not found")
+        from ..scenarios.io import read_scenarios
+
+        return read_scenarios(str(spec.file))
+    mod_name, fn_name = ("grid", "span16") if spec.generator == "span16" else (spec.generator, "generate")
+    try:
+        fn = getattr(importlib.import_module(f"gpurisk.scenarios.{mod_name}"), fn_name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"{where}.generator: scenario generator {spec.generator!r} is not available") from None
+    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options.items()}
+    sig = inspect.signature(fn)
+    if "as_of" in sig.parameters and "as_of" not in kwargs:
+        kwargs["as_of"] = str(as_of)
+    try:
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {spec.generator} does not accept these options ({exc})") from None
+    return fn(**kwargs)
+
+
+def model_scenarios(mj: ModelJob, as_of, where: str):
+    """The model's scenario set (several are concatenated), or None for the model's default."""
+    if not mj.scenarios:
+        return None
+    sets = [scenario_set(s, as_of, f"{where}.scenarios[{i}]") for i, s in enumerate(mj.scenarios)]
+    if len(sets) == 1:
+        return sets[0]
+    from ..scenarios import ScenarioSet
+
+    return ScenarioSet.concat(sets)
+
+
+def input_files(job: JobConfig, book_path: Path) -> dict[str, Path]:
+    """Every input file whose bytes can change the results, by role."""
+    files = {"job": job.path, **book_files(book_path)}
+    for m in job.models:
+        if m.params_file is not None:
+            if not m.params_file.is_file():
+                raise ConfigError(f"{job.path.name}: models ({m.label}).params_file: {m.params_file} not found")
+            files[f"{m.label}/params"] = m.params_file
+        for i, s in enumerate(m.scenarios):
+            if s.file is not None and s.file.is_file():
+                files[f"{m.label}/scenarios[{i}]"] = s.file
+    return files

@@ -1,0 +1,422 @@
+"""Typed job files: one TOML file describes a whole batch run.
+
+``load_job(path) -> JobConfig`` parses the file with ``tomllib`` into frozen
+dataclasses. Unknown keys and wrong types raise ``ConfigError`` naming the file
+and the key path (``jobs/x.toml: models[1].scenarios.seed: expected an integer``).
+
+Relative paths inside a job file resolve against the folder that holds the job
+file, so a job runs the same from any working directory.
+
+Sections (see ``jobs/*.toml`` for commented examples)::
+
+    [job]        name, kind (margin | stress | calibration), description, backend,
+                 chunk_size (portfolios per task, or "auto"), output, workers, retries
+    [book]       exactly one of: path (a book folder), snapshots (a folder of
+                 snapshot folders; the last by name is used),
+                 sample = {accounts = N, seed = S, as_of = "..."} (generated into
+                 OUTPUT/.cache/)
+    [[models]]   name (house | deribit | okx | venue | measures), label,
+                 params_file, params (inline overrides of the model's Params),
+                 scenarios: a table or an array of tables, each either
+                 {file = "..."} or {generator = "montecarlo", ...generator options};
+                 several sets are concatenated
+    [alerts]     im_jump_pct, max_calls, max_rejects_ratio, on_failure,
+                 webhook_url, webhook_timeout_s
+    [schedule]   times = ["HH:MM", ...] (UTC) or interval_minutes
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+JOB_KINDS = ("margin", "stress", "calibration")
+MODEL_NAMES = ("measures", "house", "deribit", "okx", "venue")
+BACKENDS = ("auto", "reference", "cpu", "gpu")
+GENERATORS = ("grid", "span16", "historical", "montecarlo", "stress")
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class SampleBook:
+    """A deterministic sample book of ``accounts`` accounts from ``seed``."""
+
+    accounts: int
+    seed: int = 0
+    as_of: str | None = None
+
+
+@dataclass(frozen=True)
+class BookSource:
+    """Where the book comes from: exactly one of ``path``, ``snapshots``, ``sample``."""
+
+    path: Path | None = None
+    snapshots: Path | None = None
+    sample: SampleBook | None = None
+
+    @property
+    def kind(self) -> str:
+        return "path" if self.path else "snapshots" if self.snapshots else "sample"
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """One scenario set: a file, or a generator with its keyword options."""
+
+    file: Path | None = None
+    generator: str | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One margin model to run on the book."""
+
+    name: str
+    label: str
+    params_file: Path | None = None
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    scenarios: tuple[ScenarioSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Alert thresholds; ``None`` switches a check off.
+
+    im_jump_pct: |total IM / previous run's − 1| in percent, per model.
+    max_calls: number of margin calls (any status but ``ok``) above which to alert.
+    max_rejects_ratio: rejected input rows / input rows.
+    """
+
+    im_jump_pct: float | None = 25.0
+    max_calls: int | None = None
+    max_rejects_ratio: float | None = 0.01
+    on_failure: bool = True
+    webhook_url: str | None = None
+    webhook_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Intraday schedule: UTC times of day ``HH:MM``, or an interval in minutes."""
+
+    times: tuple[str, ...] = ()
+    interval_minutes: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.times) or self.interval_minutes is not None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A parsed job file."""
+
+    path: Path  # the job file
+    name: str
+    kind: str
+    description: str
+    book: BookSource | None
+    models: tuple[ModelJob, ...]
+    backend: str = "auto"
+    chunk_size: int | str = "auto"
+    output: Path = Path("runs")
+    workers: int | None = None
+    retries: int = 2
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+class _Table:
+    """A TOML table being consumed; remembers its key path for error messages."""
+
+    def __init__(self, file: str, where: str, data: Any):
+        self.file, self.where = file, where
+        if not isinstance(data, dict):
+            self.fail(f"expected a table, got {_tname(data)}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, msg: str, key: str | None = None):
+        where = self.path(key) if key is not None else (self.where or "top level")
+        raise ConfigError(f"{self.file}: {where}: {msg}")
+
+    def get(self, key: str, kind: str, default=_REQUIRED):
+        """The value of ``key`` checked against ``kind`` (str, int, float, bool, table, list)."""
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                self.fail("missing required key", key)
+            return default
+        v = self.data[key]
+        ok = {
+            "str": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+            "table": isinstance(v, dict),
+            "list": isinstance(v, list),
+        }[kind]
+        if not ok:
+            self.fail(f"expected {_KIND_WORDS[kind]}, got {_tname(v)} {v!r}", key)
+        return float(v) if kind == "float" else v
+
+    def sub(self, key: str) -> "_Table | None":
+        v = self.get(key, "table", None)
+        return None if v is None else _Table(self.file, self.path(key), v)
+
+    def done(self):
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            self.fail(f"unknown key (allowed: {', '.join(sorted(self.used))})", extra[0])
+
+
+_KIND_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "table": "a table",
+    "list": "an array",
+}
+
+
+def _tname(v) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def _choice(t: _Table, key: str, choices, default=_REQUIRED):
+    v = t.get(key, "str", default)
+    if v is not None and v not in choices:
+        t.fail(f"must be one of {', '.join(choices)}; got {v!r}", key)
+    return v
+
+
+def _path(t: _Table, key: str, base: Path, default=None) -> Path | None:
+    v = t.get(key, "str", default)
+    if v is None:
+        return None
+    if not v.strip():
+        t.fail("must not be empty", key)
+    p = Path(v).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _plain(v: Any, t: _Table, key: str):
+    """A TOML value as an immutable, JSON-able value (tables become read-only mappings)."""
+    if isinstance(v, dict):
+        return MappingProxyType({k: _plain(x, t, f"{key}.{k}") for k, x in v.items()})
+    if isinstance(v, list):
+        return tuple(_plain(x, t, key) for x in v)
+    if hasattr(v, "isoformat"):  # TOML dates and times
+        return v.isoformat()
+    return v
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _book(t: _Table, base: Path) -> BookSource:
+    path = _path(t, "path", base)
+    snaps = _path(t, "snapshots", base)
+    s = t.sub("sample")
+    sample = None
+    if s is not None:
+        n = s.get("accounts", "int")
+        if n < 1:
+            s.fail(f"must be at least 1; got {n}", "accounts")
+        seed = s.get("seed", "int", 0)
+        as_of = s.get("as_of", "str", None)
+        s.done()
+        sample = SampleBook(accounts=n, seed=seed, as_of=as_of)
+    t.done()
+    given = [k for k, v in (("path", path), ("snapshots", snaps), ("sample", sample)) if v is not None]
+    if len(given) != 1:
+        t.fail("give exactly one of path, snapshots or sample" + (f" (got {', '.join(given)})" if given else ""))
+    return BookSource(path=path, snapshots=snaps, sample=sample)
+
+
+def _scenario(t: _Table, base: Path) -> ScenarioSpec:
+    file = _path(t, "file", base)
+    gen = _choice(t, "generator", GENERATORS, None)
+    opts = {k: _plain(v, t, k) for k, v in t.data.items() if k not in ("file", "generator")}
+    t.used.update(opts)
+    if (file is None) == (gen is None):
+        t.fail("give exactly one of file or generator")
+    if file is not None and opts:
+        t.fail("unknown key for a scenario file (only 'file' is allowed)", sorted(opts)[0])
+    return ScenarioSpec(file=file, generator=gen, options=MappingProxyType(opts))
+
+
+def _model(t: _Table, base: Path) -> ModelJob:
+    name = _choice(t, "name", MODEL_NAMES)
+    label = t.get("label", "str", name)
+    params_file = _path(t, "params_file", base)
+    params = t.get("params", "table", {})
+    raw = t.data.get("scenarios")
+    t.used.add("scenarios")
+    specs: list[ScenarioSpec] = []
+    if raw is None:
+        pass
+    elif isinstance(raw, dict):
+        specs.append(_scenario(_Table(t.file, t.path("scenarios"), raw), base))
+    elif isinstance(raw, list):
+        for i, item in enumerate(raw):
+            specs.append(_scenario(_Table(t.file, f"{t.path('scenarios')}[{i}]", item), base))
+    else:
+        t.fail(f"expected a table or an array of tables, got {_tname(raw)}", "scenarios")
+    t.done()
+    return ModelJob(
+        name=name,
+        label=label,
+        params_file=params_file,
+        params=_plain(params, t, "params"),
+        scenarios=tuple(specs),
+    )
+
+
+def _alerts(t: _Table | None) -> AlertConfig:
+    if t is None:
+        return AlertConfig()
+    d = AlertConfig()
+    out = AlertConfig(
+        im_jump_pct=t.get("im_jump_pct", "float", d.im_jump_pct),
+        max_calls=t.get("max_calls", "int", d.max_calls),
+        max_rejects_ratio=t.get("max_rejects_ratio", "float", d.max_rejects_ratio),
+        on_failure=t.get("on_failure", "bool", d.on_failure),
+        webhook_url=t.get("webhook_url", "str", d.webhook_url) or None,
+        webhook_timeout_s=t.get("webhook_timeout_s", "float", d.webhook_timeout_s),
+    )
+    for key in ("im_jump_pct", "max_rejects_ratio", "webhook_timeout_s"):
+        v = getattr(out, key)
+        if v is not None and v < 0:
+            t.fail(f"must be ≥ 0; got {v}", key)
+    if out.webhook_url and not out.webhook_url.startswith(("http://", "https://")):
+        t.fail(f"must be an http:// or https:// URL; got {out.webhook_url!r}", "webhook_url")
+    t.done()
+    return out
+
+
+def _schedule(t: _Table | None) -> ScheduleConfig:
+    if t is None:
+        return ScheduleConfig()
+    times = t.get("times", "list", [])
+    for i, x in enumerate(times):
+        if not isinstance(x, str) or not _TIME_RE.match(x):
+            t.fail(f"expected a UTC time of day \"HH:MM\", got {x!r}", f"times[{i}]")
+    interval = t.get("interval_minutes", "float", None)
+    if interval is not None and interval <= 0:
+        t.fail(f"must be > 0; got {interval}", "interval_minutes")
+    if times and interval is not None:
+        t.fail("give times or interval_minutes, not both")
+    t.done()
+    return ScheduleConfig(times=tuple(sorted(set(times))), interval_minutes=interval)
+
+
+def parse_job(data: dict, path: Path, file_label: str | None = None) -> JobConfig:
+    """Build a ``JobConfig`` from parsed TOML ``data`` read from ``path``."""
+    file = file_label or str(path)
+    base = path.parent
+    top = _Table(file, "", data)
+    job = top.sub("job")
+    if job is None:
+        top.fail("missing required table [job]")
+    name = job.get("name", "str", path.stem)
+    kind = _choice(job, "kind", JOB_KINDS, "margin")
+    description = job.get("description", "str", "")
+    backend = _choice(job, "backend", BACKENDS, "auto")
+    chunk = job.get("chunk_size", "str", "auto") if isinstance(job.data.get("chunk_size"), str) else job.get(
+        "chunk_size", "int", "auto"
+    )
+    if isinstance(chunk, str) and chunk != "auto":
+        job.fail(f"expected a positive integer or \"auto\", got {chunk!r}", "chunk_size")
+    if isinstance(chunk, int) and chunk < 1:
+        job.fail(f"expected a positive integer or \"auto\", got {chunk}", "chunk_size")
+    output = _path(job, "output", base, "runs")
+    workers = job.get("workers", "int", None)
+    if workers is not None and workers < 1:
+        job.fail(f"must be at least 1; got {workers}", "workers")
+    retries = job.get("retries", "int", 2)
+    if retries < 0:
+        job.fail(f"must be ≥ 0; got {retries}", "retries")
+    job.done()
+
+    book_t = top.sub("book")
+    book = _book(book_t, base) if book_t is not None else None
+    raw_models = top.get("models", "list", [])
+    models = tuple(_model(_Table(file, f"models[{i}]", m), base) for i, m in enumerate(raw_models))
+    labels = [m.label for m in models]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        top.fail(f"model labels must be unique; {dup[0]!r} is used twice (set label = ...)", "models")
+    alerts = _alerts(top.sub("alerts"))
+    schedule = _schedule(top.sub("schedule"))
+    top.done()
+    if kind != "calibration":
+        if book is None:
+            top.fail("missing required table [book]")
+        if not models:
+            top.fail("at least one [[models]] entry is required")
+    return JobConfig(
+        path=path,
+        name=name,
+        kind=kind,
+        description=description,
+        book=book,
+        models=models,
+        backend=backend,
+        chunk_size=chunk,
+        output=output,
+        workers=workers,
+        retries=retries,
+        alerts=alerts,
+        schedule=schedule,
+    )
+
+
+def load_job(path) -> JobConfig:
+    """Read and check the job file at ``path``; ConfigError (file, key path) on any fault."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: job file not found")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    return parse_job(data, p.resolve(), file_label=str(path))
+
+
+def to_dict(obj) -> Any:
+    """A config object as plain JSON-able data (paths as strings)."""
+    from dataclasses import fields, is_dataclass
+
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
