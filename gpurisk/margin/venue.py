@@ -1,0 +1,337 @@
+"""Venue margin: apply the methodology each venue declares, one row per account × venue.
+
+The venue table (``jobs/params/venues.toml``) maps each ``instruments.venue`` to a
+methodology: ``deribit`` (gpurisk.margin.deribit, S:PM in the settlement coin),
+``okx`` (gpurisk.margin.okx, per risk unit in USD) or ``spot`` (fully paid spot:
+long holdings need no margin; a short spot position is charged
+``spot_short_rate`` × its USD notional, an assumption). A venue of the book that
+the table does not name is an error naming it, never silently dropped.
+
+This module also holds the small TOML → frozen-dataclass loader the venue
+models share (``params_from_mapping``, ``load_toml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..backends import TailStats
+from ..book import OPTION, SPOT, STABLECOINS, Book
+from ..errors import ConfigError, GpuriskError
+from .plan import MarginResult, Plan
+
+METHODOLOGIES = ("deribit", "okx", "spot")
+
+# ---------------------------------------------------------------------------------------------
+# parameter files: TOML → frozen dataclasses, strict about unknown keys and types
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, where: str, source: str, base=None):
+    """``value`` checked and converted to the annotated type ``tp``; ConfigError names source and key.
+
+    A table for a dataclass overlays ``base`` (an existing instance) when given; a table
+    for a ``dict`` field updates ``base`` (the default dict) entry by entry.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where, source, base)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{source}: {where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where}: expected a table, got {type(value).__name__}")
+        return params_from_mapping(tp, value, source, prefix=where, base=base if isinstance(base, tp) else None)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {where}: expected an array, got {type(value).__name__}")
+        item = args[0] if args else typing.Any
+        return tuple(_convert(v, item, f"{where}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where}: expected a table, got {type(value).__name__}")
+        vt = args[1] if len(args) == 2 else typing.Any
+        merged = dict(base) if isinstance(base, dict) else {}
+        for k, v in value.items():
+            merged[str(k)] = _convert(v, vt, f"{where}.{k}", source, merged.get(str(k)))
+        return merged
+    if tp is typing.Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {where}: unsupported parameter type {_type_name(tp)}")
+
+
+def params_from_mapping(cls, data: dict, source: str = "<params>", prefix: str = "", base=None):
+    """An instance of the frozen dataclass ``cls`` from ``data``.
+
+    Keys not given keep ``base``'s values (or the class defaults); tables for dict fields
+    update the default entries (an entry given overlays the default entry of that name).
+    Unknown keys and wrong types raise ConfigError naming ``source`` and the key path.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(names))}")
+    base = base if base is not None else cls()
+    kwargs = {}
+    for k, v in data.items():
+        where = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _convert(v, hints[k], where, source, getattr(base, k))
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {prefix or 'parameters'}: {exc}") from exc
+
+
+def load_toml(path) -> dict:
+    """The parsed TOML file at ``path``; ConfigError (one line) if missing or malformed."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: parameter file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+
+
+def load_params_file(cls, path):
+    """``cls`` defaults overridden by the TOML file at ``path`` (None → the defaults)."""
+    if path is None:
+        return cls()
+    return params_from_mapping(cls, load_toml(path), str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# the venue methodology model
+
+
+@dataclass(frozen=True)
+class VenueSpec:
+    """How one venue margins: ``methodology`` (deribit | okx | spot)."""
+
+    methodology: str = "spot"
+
+    def __post_init__(self):
+        if self.methodology not in METHODOLOGIES:
+            raise ValueError(f"methodology {self.methodology!r} is not one of {', '.join(METHODOLOGIES)}")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The venue table and the parameter files of each methodology.
+
+    ``deribit_params`` / ``okx_params``: TOML files (relative to the venue file's folder
+    when loaded from a file; empty = the model's built-in defaults).
+    ``spot_short_rate``: margin on a short spot position as a share of its USD notional
+    (an assumption; fully paid long spot needs none).
+    """
+
+    venues: dict[str, VenueSpec] = field(
+        default_factory=lambda: {
+            "deribit": VenueSpec("deribit"),
+            "okx": VenueSpec("okx"),
+            "binance": VenueSpec("spot"),
+        }
+    )
+    deribit_params: str = ""
+    okx_params: str = ""
+    spot_short_rate: float = 1.0
+
+
+def load_params(path: str | None) -> Params:
+    """Venue table from TOML (``[venues.NAME] methodology = ...``); sub-files resolve next to it."""
+    params = load_params_file(Params, path)
+    if path is not None:
+        base = Path(path).resolve().parent
+        fix = {}
+        for key in ("deribit_params", "okx_params"):
+            val = getattr(params, key)
+            if val and not Path(val).is_absolute():
+                fix[key] = str(base / val)
+        if fix:
+            params = dataclasses.replace(params, **fix)
+    return params
+
+
+def _submodel_params(params: Params):
+    from . import deribit, okx
+
+    d = deribit.load_params(params.deribit_params or None)
+    o = okx.load_params(params.okx_params or None)
+    by = {m: tuple(sorted(v for v, s in params.venues.items() if s.methodology == m)) for m in METHODOLOGIES}
+    return dataclasses.replace(d, venues=by["deribit"]), dataclasses.replace(o, venues=by["okx"]), by
+
+
+def _check_venues(book: Book, params: Params) -> None:
+    held = pd.unique(book.instruments.venue[book.positions.instrument_idx]) if len(book.positions.quantity) else []
+    unmapped = sorted(set(map(str, held)) - set(params.venues))
+    if unmapped:
+        raise ConfigError(
+            f"venue table has no methodology for venue(s) {unmapped}; add [venues.NAME] methodology = ... "
+            f"(known: {', '.join(sorted(params.venues))})"
+        )
+
+
+def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
+    """Legs of the Deribit and OKX replicas over their venues (prefixed ``deribit/`` and ``okx/``)."""
+    from . import deribit, okx
+
+    params = params or Params()
+    _check_venues(book, params)
+    dparams, oparams, by = _submodel_params(params)
+    legs = {}
+    sub = {}
+    if by["deribit"]:
+        dp = deribit.plan(book, dparams)
+        sub["deribit"] = dp
+        legs.update({f"deribit/{k}": v for k, v in dp.legs.items()})
+    if by["okx"]:
+        op = okx.plan(book, oparams)
+        sub["okx"] = op
+        legs.update({f"okx/{k}": v for k, v in op.legs.items()})
+    return Plan(model="venue", legs=legs, context={"book": book, "params": params, "subplans": sub, "by": by})
+
+
+def _spot_rows(book: Book, venues: tuple[str, ...], rate: float) -> pd.DataFrame:
+    """Fully paid spot: per account × venue, short spot charged ``rate`` × USD notional."""
+    ins, pos = book.instruments, book.positions
+    vpos = ins.venue[pos.instrument_idx]
+    sel = np.isin(vpos, np.asarray(venues, dtype=object))
+    if not sel.any():
+        return pd.DataFrame(columns=["account_id", "venue", "im_usd"])
+    kinds = ins.kind[pos.instrument_idx[sel]]
+    if (kinds != SPOT).any():
+        bad = ins.instrument_id[pos.instrument_idx[sel][kinds != SPOT][0]]
+        raise GpuriskError(
+            f"instrument {bad} at spot-methodology venue {vpos[sel][kinds != SPOT][0]} is not spot; "
+            "map the venue to a derivatives methodology in the venue table"
+        )
+    ii = pos.instrument_idx[sel]
+    notional = pos.quantity[sel] * ins.contract_size[ii] * book.market.underlying_price[ii]
+    charge = rate * np.maximum(-notional, 0.0)
+    df = pd.DataFrame({"account_idx": pos.account_idx[sel], "venue": vpos[sel], "im_usd": charge})
+    out = df.groupby(["account_idx", "venue"], sort=True, as_index=False)["im_usd"].sum()
+    out.insert(0, "account_id", book.accounts[out["account_idx"].to_numpy()])
+    return out.drop(columns="account_idx")
+
+
+def _equity_usd(book: Book) -> pd.DataFrame:
+    """Balances per account × venue in USD at the index price (stablecoins at 1, no haircut)."""
+    b = book.balances
+    if len(b.amount) == 0:
+        return pd.DataFrame(columns=["account_id", "venue", "equity_usd"])
+    asset = b.asset.astype(str)
+    price = np.ones(len(asset))
+    coins = ~np.isin(asset, np.asarray(STABLECOINS, dtype=object))
+    if coins.any():
+        u = book.market.underlyings
+        pos = np.clip(np.searchsorted(u, asset[coins]), 0, max(len(u) - 1, 0))
+        ok = (len(u) > 0) & (u[pos] == asset[coins])
+        if not np.all(ok):
+            missing = sorted(set(asset[coins][~ok].tolist()))
+            raise GpuriskError(f"balances hold asset(s) {missing} with no index price in the book")
+        price[coins] = book.market.index_price[pos]
+    df = pd.DataFrame({"account_idx": b.account_idx, "venue": b.venue, "equity_usd": b.amount * price})
+    out = df.groupby(["account_idx", "venue"], sort=True, as_index=False)["equity_usd"].sum()
+    out.insert(0, "account_id", book.accounts[out["account_idx"].to_numpy()])
+    return out.drop(columns="account_idx")
+
+
+def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
+    """One row per account × venue: margin in the venue's currency and in USD.
+
+    Deribit rows: the venue currency is the account's settlement coin when it has one
+    at that venue, else ``USD`` (the sum of its coins' USD values). OKX and spot rows are USD.
+    """
+    from . import deribit, okx
+
+    book: Book = plan.context["book"]
+    params: Params = plan.context["params"]
+    tables: dict[str, pd.DataFrame] = {}
+    parts = []
+    summary: dict = {"model": "venue", "methodologies": {k: list(v) for k, v in plan.context["by"].items() if v}}
+    for name, mod in (("deribit", deribit), ("okx", okx)):
+        sp = plan.context["subplans"].get(name)
+        if sp is None:
+            continue
+        sub_stats = {k[len(name) + 1 :]: v for k, v in stats.items() if k.startswith(name + "/")}
+        res = mod.finalize(sp, sub_stats)
+        tables[name] = res.tables["margin"]
+        summary[name] = res.summary
+        m = res.tables["margin"]
+        if name == "okx":
+            m = m[m["level"] == "account"]
+        if m.empty:
+            continue
+        g = m.groupby(["account_id", "venue"], sort=True)
+        agg = g.agg(im_usd=("im_usd", "sum"), mm_usd=("mm_usd", "sum"), n_ccy=("currency", "nunique"),
+                    currency=("currency", "first"), im=("im", "sum"), mm=("mm", "sum")).reset_index()
+        multi = agg["n_ccy"] > 1
+        agg.loc[multi, "currency"] = "USD"
+        agg.loc[multi, "im"] = agg.loc[multi, "im_usd"]
+        agg.loc[multi, "mm"] = agg.loc[multi, "mm_usd"]
+        agg["methodology"] = name
+        parts.append(agg.drop(columns="n_ccy"))
+    spot_venues = plan.context["by"]["spot"]
+    if spot_venues:
+        s = _spot_rows(book, spot_venues, params.spot_short_rate)
+        if not s.empty:
+            s = s.assign(mm_usd=s["im_usd"], currency="USD", im=s["im_usd"], mm=s["im_usd"], methodology="spot")
+            parts.append(s)
+    cols = ["account_id", "venue", "methodology", "currency", "im", "mm", "im_usd", "mm_usd"]
+    margin = pd.concat([p[cols] for p in parts], ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    eq = _equity_usd(book)
+    margin = margin.merge(eq, on=["account_id", "venue"], how="left")
+    margin["equity_usd"] = margin["equity_usd"].fillna(0.0)
+    margin["excess_usd"] = margin["equity_usd"] - margin["im_usd"]
+    margin.insert(1, "model", "venue")
+    margin = margin.sort_values(["account_id", "venue"], kind="stable").reset_index(drop=True)
+    tables["margin"] = margin
+    summary.update(
+        n_rows=int(len(margin)),
+        n_accounts=int(margin["account_id"].nunique()) if len(margin) else 0,
+        im_usd_total=float(margin["im_usd"].sum()) if len(margin) else 0.0,
+        mm_usd_total=float(margin["mm_usd"].sum()) if len(margin) else 0.0,
+    )
+    return MarginResult(model="venue", tables=tables, summary=summary)
+
+
+__all__ = ["Params", "VenueSpec", "load_params", "plan", "finalize", "params_from_mapping", "load_params_file"]
