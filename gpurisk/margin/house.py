@@ -212,10 +212,16 @@ def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
         )
         parts = [hist]
         if params.mc_scenarios > 0:
-            mc = _generator(montecarlo, "generate", "montecarlo_scenarios")(
-                hist_as_of, n_scenarios=params.mc_scenarios, seed=params.mc_seed, dist=params.mc_dist,
-                horizon_days=h, coins=coins,
-            )
+            if hasattr(montecarlo, "generate"):
+                mc = montecarlo.generate(
+                    hist_as_of, n_scenarios=params.mc_scenarios, seed=params.mc_seed, dist=params.mc_dist,
+                    horizon_days=h, coins=coins,
+                )
+            else:
+                mc = montecarlo.monte_carlo_scenarios(
+                    hist_as_of, n_scenarios=params.mc_scenarios, seed=params.mc_seed, distribution=params.mc_dist,
+                    horizon_days=h, coins=coins,
+                )
             parts.append(mc)
         st = _generator(stress, "generate", "named_stress")(coins=coins, horizon_days=h)
         if params.stress_names:

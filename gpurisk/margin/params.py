@@ -83,8 +83,8 @@ def build(cls, data: dict, src: str = "<params>", prefix: str = ""):
     kwargs = {k: _convert(v, hints[k], prefix + k, src) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{src}: {exc}") from exc
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise ConfigError(f"{src}: {exc}") from None
 
 
 def load(cls, path: str | Path | None):
