@@ -188,6 +188,35 @@ def named_stress(
     return base
 
 
+def append_user(base: ScenarioSet, user: ScenarioSet) -> ScenarioSet:
+    """Append user scenarios to ``base`` over base's underlyings; same horizon required.
+
+    A user shock on an underlying ``base`` does not cover is an error (it would be lost).
+    """
+    if float(user.horizon_days) != float(base.horizon_days):
+        raise ScenarioError(
+            f"user stress horizon {user.horizon_days:g}d differs from the set's {base.horizon_days:g}d"
+        )
+    col = {u: i for i, u in enumerate(user.underlyings)}
+    lost = [u for u in user.underlyings if u not in base.underlyings
+            and (np.any(user.price_shock[:, col[u]] != 0) or np.any(user.vol_shock[:, col[u]] != 0))]
+    if lost:
+        raise ScenarioError(f"user stress shocks {lost}, which are not in this set {list(base.underlyings)}")
+    idx = [col.get(u) for u in base.underlyings]
+    S = user.n_scenarios
+
+    def pick(a):
+        return np.column_stack([a[:, i] if i is not None else np.zeros(S) for i in idx])
+
+    aligned = ScenarioSet(
+        underlyings=base.underlyings, price_shock=pick(user.price_shock), vol_shock=pick(user.vol_shock),
+        vol_mode=user.vol_mode, weight=user.weight, pnl_factor=user.pnl_factor, label=user.label,
+        scenario_id=user.scenario_id, horizon_days=base.horizon_days, kind="stress", source=user.source,
+        term=base.term,
+    )
+    return _stack(base, aligned)
+
+
 def _stack(a: ScenarioSet, b: ScenarioSet) -> ScenarioSet:
     """Append b's rows to a (same underlyings, horizon, term); ids must stay unique."""
     dup = sorted(set(a.scenario_id.tolist()) & set(b.scenario_id.tolist()))
@@ -309,5 +338,5 @@ def stress_from_toml(path) -> ScenarioSet:
     return stress_from_definition(defn, where=str(path))
 
 
-__all__ = ["Episode", "EPISODES", "named_stress", "episode_moves", "proxy_ratio", "stress_from_definition",
+__all__ = ["Episode", "EPISODES", "named_stress", "append_user", "episode_moves", "proxy_ratio", "stress_from_definition",
            "stress_from_toml", "DEPEG_COIN"]
