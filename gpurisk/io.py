@@ -241,6 +241,12 @@ def load_book(path, strict: bool = False) -> LoadedBook:
 # ----------------------------------------------------------------------------- writers
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path, write) -> Path:
     """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, then ``os.replace`` it into place."""
     path = Path(path)
@@ -249,6 +255,7 @@ def _atomic_write(path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
