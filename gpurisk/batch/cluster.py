@@ -59,7 +59,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, thread
     """Yield a ``distributed.Client``: to ``scheduler`` if given, else on a new embedded LocalCluster.
 
     The embedded cluster has ``workers`` processes (default ``default_workers()``)
-    with ``threads_per_worker`` threads each, no dashboard, and ``GPU=1`` on
+    with ``threads_per_worker`` threads each, the dashboard on a free port, and ``GPU=1`` on
     each worker when ``gpu`` is true. It is closed on exit.
     """
     from distributed import Client, LocalCluster
@@ -79,7 +79,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, thread
         n_workers=n,
         threads_per_worker=threads_per_worker,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: never clashes with another cluster on the host
         host="127.0.0.1",
         silence_logs=logging.ERROR,
     )

@@ -161,8 +161,11 @@ def _frame_total_im(res, label: str) -> dict:
 
 
 def _frame_calls(res) -> dict:
-    """{status: n} from the ``calls`` table (or the margin table's status column)."""
-    for name in ("calls", "margin"):
+    """{status: n}: the summary's ``calls`` counts, else the margin table's status column, else the calls table."""
+    calls = (res.summary or {}).get("calls")
+    if isinstance(calls, dict) and all(isinstance(v, (int, np.integer)) for v in calls.values()):
+        return {str(k): int(v) for k, v in sorted(calls.items())}
+    for name in ("margin", "calls"):
         df = res.tables.get(name)
         if df is None:
             continue
@@ -209,11 +212,17 @@ def run_job(job: JobConfig, options: RunOptions | None = None, *, client=None, g
     t_start = time.perf_counter()
     started = manifest.utc_now()
 
-    with stage("inputs"):
-        book_path = sources.book_folder(job, out, generate_cli)
-        files = sources.input_files(job, book_path)
-        hashes, input_hash = manifest.hash_inputs(files, _fingerprint(job, backend))
-    run_id, run_dir, man = _open_run(out, opts.resume, input_hash)
+    try:
+        with stage("inputs"):
+            book_path = sources.book_folder(job, out, generate_cli)
+            files = sources.input_files(job, book_path)
+            hashes, input_hash = manifest.hash_inputs(files, _fingerprint(job, backend))
+        run_id, run_dir, man = _open_run(out, opts.resume, input_hash)
+    except Exception as exc:  # noqa: BLE001 - no run folder yet: alert and metrics at the output level only
+        report = RunReport(job=job.name, run_id="", run_dir=out, status="failed", started=started.isoformat(),
+                           backend=backend, error=_one_line(exc))
+        _finish(job, out, None, {}, report, stage, t_start)
+        raise JobError(f"job {job.name} failed before it started: {report.error}") from exc
     report = RunReport(job=job.name, run_id=run_id, run_dir=run_dir, status="running", started=started.isoformat(),
                        backend=backend)
     man.update({
@@ -419,19 +428,24 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
 
 
 def _row_counts(loaded, book) -> dict:
-    """accounts, input rows, rejects and results with the check inputs = results + rejects."""
+    """accounts, input rows, accepted rows and rejects, with the check inputs = results + rejects.
+
+    Reads the loader's per-table summary ``{table: {input, accepted, rejected}}``
+    (``gpurisk.validate``), else a flat ``input_rows``.
+    """
     rejects = getattr(loaded, "rejects", None)
     n_rej = int(len(rejects)) if rejects is not None else 0
     summary = getattr(loaded, "summary", None) or {}
-    n_in = next((summary[k] for k in ("input_rows", "rows_in", "rows") if isinstance(summary.get(k), (int, np.integer))), None)
-    n_ok = next((summary[k] for k in ("accepted_rows", "rows_ok", "clean_rows") if isinstance(summary.get(k), (int, np.integer))), None)
-    if n_in is None:
-        n_in = (n_ok if n_ok is not None else 0) + n_rej
-    if n_ok is None:
+    per_table = {k: v for k, v in summary.items() if isinstance(v, dict) and "input" in v and "accepted" in v}
+    if per_table:
+        n_in = sum(int(v["input"]) for v in per_table.values())
+        n_ok = sum(int(v["accepted"]) for v in per_table.values())
+        n_rej = sum(int(v.get("rejected", int(v["input"]) - int(v["accepted"]))) for v in per_table.values())
+    else:
+        n_in = int(summary.get("input_rows", n_rej))
         n_ok = n_in - n_rej
     return {"accounts": int(book.n_accounts), "positions": int(len(book.positions.quantity)),
-            "input_rows": int(n_in), "result_rows": int(n_ok), "rejects": n_rej,
-            "balanced": int(n_in) == int(n_ok) + n_rej}
+            "input_rows": n_in, "result_rows": n_ok, "rejects": n_rej, "balanced": n_in == n_ok + n_rej}
 
 
 def _finish(job, out, run_dir, man, report, stage, t_start):
@@ -447,7 +461,8 @@ def _finish(job, out, run_dir, man, report, stage, t_start):
         "outputs": report.outputs, "workers": report.workers,
     })
     try:
-        manifest.write_manifest(run_dir, man)
+        if run_dir is not None:
+            manifest.write_manifest(run_dir, man)
         d = report.as_dict()
         monitoring.write_metrics(d, run_dir, out)
         last = out / "last_run.json"
