@@ -96,8 +96,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BookError(f"{out}: --out must be a folder")
+    sset = read_scenarios(args.scenarios)  # cheap: fail on a bad scenario file before loading the book
     lb = load_book(args.book)
-    sset = read_scenarios(args.scenarios)
     try:
         stats = pnl_table_writer(lb.book, sset, args.numeraire, out / "pnl.parquet")
     except OSError as exc:
