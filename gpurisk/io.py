@@ -280,7 +280,15 @@ def write_parquet(df: pd.DataFrame, path) -> Path:
 
 
 def write_csv(df: pd.DataFrame, path) -> Path:
-    """Write ``df`` (no index) as UTF-8 CSV with a header row, atomically; NaN/None as empty cells."""
+    """Write ``df`` (no index) as UTF-8 CSV with a header row, atomically; NaN/None as empty cells.
+
+    Time-zone-aware columns are written as ISO-8601 UTC (``2025-01-03T08:00:00Z``).
+    """
+    tz_cols = [c for c in df.columns if isinstance(df[c].dtype, pd.DatetimeTZDtype)]
+    if tz_cols:
+        df = df.copy(deep=False)
+        for c in tz_cols:
+            df[c] = df[c].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
 
 
