@@ -41,6 +41,21 @@ def select(name: str = "auto"):
     return get("reference")
 
 
+def _fallback():
+    """The backend a failed GPU call retries on: the CPU, else the reference."""
+    try:
+        return get("cpu")
+    except BackendUnavailable:
+        return get("reference")
+
+
+def _to_host(a):
+    """A CuPy array as NumPy (so a CPU retry can read it); anything else unchanged."""
+    if type(a).__module__.startswith("cupy") and hasattr(a, "get"):
+        return a.get()
+    return a
+
+
 __all__ = ["Engine", "get", "select", "NAMES", "CHOICES", "MeasureSpec", "TailStats", "BackendUnavailable"]
 
 
@@ -76,7 +91,8 @@ class Engine:
                 raise
             self._log.warning("GPU backend failed in %s (%s: %s); falling back to the CPU", fn, type(exc).__name__, exc)
             self.fallbacks += 1
-            self.backend = get("cpu")
+            self.backend = _fallback()
+            args = tuple(_to_host(a) for a in args)
             out = getattr(self.backend, fn)(*args, **kwargs)
             self.used.append(self.backend.name)
             return out

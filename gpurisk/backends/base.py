@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import GpuriskError
+
 #: relative tolerance on the cumulative tail weight (so 1−0.99 = 0.010000000000000009 picks k = 100 of 10,000)
 TAIL_WEIGHT_RTOL = 1e-12
 
@@ -71,5 +73,25 @@ def counted_pnl(L: np.ndarray, spec: MeasureSpec) -> np.ndarray:
     return L
 
 
-class BackendUnavailable(RuntimeError):
-    """The named backend cannot run here; the message says why."""
+def tail_candidates(spec: MeasureSpec, n_scenarios: int):
+    """How many of a portfolio's largest losses a selection-based backend must keep.
+
+    Returns (weighted, m, ks [L] int64, targets [L]). Equal weights: m = max k over the
+    levels (targets unused). Probability weights: targets = α·Σw·(1−TAIL_WEIGHT_RTOL) per
+    level and m = 2 + the smallest count whose *lightest* weights reach the largest target;
+    any m scenarios weigh at least that much, so the top-m losses contain every level's tail.
+    """
+    S = int(n_scenarios)
+    n_lev = len(spec.levels)
+    if spec.weight is None:
+        ks = spec.tail_counts(S)
+        return False, int(ks.max()), ks, np.zeros(n_lev)
+    w = np.asarray(spec.weight, dtype=np.float64)
+    targets = (1.0 - np.asarray(spec.levels, dtype=np.float64)) * w.sum() * (1.0 - TAIL_WEIGHT_RTOL)
+    lightest = np.cumsum(np.sort(w))
+    need = int(np.searchsorted(lightest, targets.max() * (1.0 - 1e-9), side="left")) + 2
+    return True, int(min(max(need, 1), S)), np.ones(n_lev, dtype=np.int64), targets
+
+
+class BackendUnavailable(GpuriskError, RuntimeError):
+    """The named backend cannot run here; the message (one line) says why."""

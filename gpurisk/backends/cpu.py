@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from ..pricing import DAYS_PER_YEAR, NUMERAIRE_CODES, NUMERAIRE_SETTLEMENT, PricingInputs
-from .base import TAIL_WEIGHT_RTOL, MeasureSpec, TailStats
+from .base import MeasureSpec, TailStats, tail_candidates
 
 name = "cpu"
 
@@ -208,32 +208,47 @@ if numba is not None:
             for t0 in range(0, n_s, tile):
                 t1 = min(t0 + tile, n_s)
                 nt = t1 - t0
+                pf_t = pnl_factor[t0:t1]
                 for p in range(p0, p1):
-                    for s in range(nt):
-                        buf[s] = 0.0
-                    for j in range(indptr[lo + p], indptr[lo + p + 1]):
-                        q = qty[j]
-                        row = idx[j]
+                    j0 = indptr[lo + p]
+                    j1 = indptr[lo + p + 1]
+                    if j0 == j1:
                         for s in range(nt):
-                            buf[s] += q * P[row, t0 + s]
+                            buf[s] = 0.0
+                    else:
+                        q = qty[j0]
+                        prow = P[idx[j0], t0:t1]  # a contiguous slice vectorises; 2-D indexing does not
+                        for s in range(nt):
+                            buf[s] = q * prow[s]
+                    for j in range(j0 + 1, j1):
+                        q = qty[j]
+                        prow = P[idx[j], t0:t1]
+                        for s in range(nt):
+                            buf[s] += q * prow[s]
+                    # counted loss x = −v·(profit_factor if v > 0 else 1), v = pnl_factor·L (a select, no branch)
+                    for s in range(nt):
+                        v = buf[s] * pf_t[s]
+                        buf[s] = -v * (profit_factor if v > 0.0 else 1.0)
                     hxp = hx[p]
                     hsp = hs[p]
                     n = fill[p]
-                    for s in range(nt):
-                        v = buf[s] * pnl_factor[t0 + s]
-                        if v > 0.0:
-                            v = v * profit_factor
-                        x = -v
-                        if n < m:
-                            hxp[n] = x
-                            hsp[n] = t0 + s
-                            _sift_up(hxp, hsp, n)
-                            n += 1
-                        elif x > hxp[0]:  # strict: a tie has the larger index, so it ranks below
-                            hxp[0] = x
-                            hsp[0] = t0 + s
-                            _sift_down(hxp, hsp, m, 0)
+                    s = 0
+                    while n < m and s < nt:  # filling the heap
+                        hxp[n] = buf[s]
+                        hsp[n] = t0 + s
+                        _sift_up(hxp, hsp, n)
+                        n += 1
+                        s += 1
                     fill[p] = n
+                    if n == m:
+                        floor = hxp[0]
+                        for s2 in range(s, nt):
+                            x = buf[s2]
+                            if x > floor:  # strict: a tie has the larger index, so it ranks below
+                                hxp[0] = x
+                                hsp[0] = t0 + s2
+                                _sift_down(hxp, hsp, m, 0)
+                                floor = hxp[0]
             # order each portfolio's candidates best-first and read off the statistics
             for p in range(p0, p1):
                 hxp = hx[p]
@@ -299,25 +314,6 @@ def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd") -> np.ndarray:
     return out
 
 
-def tail_plan(spec: MeasureSpec, n_scenarios: int):
-    """(weighted, m, ks [L], targets [L]): how many candidates each portfolio keeps.
-
-    Equal weights: m = max k. Weighted: m = 1 + the smallest count whose lightest
-    weights reach the largest tail mass, so the top-m losses always contain the tail.
-    """
-    S = n_scenarios
-    n_lev = len(spec.levels)
-    if spec.weight is None:
-        ks = spec.tail_counts(S)
-        return False, int(ks.max()), ks, np.zeros(n_lev)
-    w = np.asarray(spec.weight, dtype=np.float64)
-    total = w.sum()
-    targets = (1.0 - np.asarray(spec.levels, dtype=np.float64)) * total * (1.0 - TAIL_WEIGHT_RTOL)
-    asc = np.cumsum(np.sort(w))
-    need = int(np.searchsorted(asc, targets.max() * (1.0 - 1e-9), side="left")) + 2
-    return True, int(min(max(need, 1), S)), np.ones(n_lev, dtype=np.int64), targets
-
-
 def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
     """Per-portfolio worst / VaR / ES over P [I, S] (MeasureSpec rule), fused and tiled."""
     n_port = len(portfolios)
@@ -332,7 +328,7 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
         return TailStats(worst, worst_s, var, es)
     if S == 0:
         raise ValueError("tail_stats needs at least one scenario")
-    weighted, m, ks, targets = tail_plan(spec, S)
+    weighted, m, ks, targets = tail_candidates(spec, S)
     pnl = np.ones(S) if spec.pnl_factor is None else _vec(spec.pnl_factor, np.float64)
     weight = np.ones(S) if spec.weight is None else _vec(spec.weight, np.float64)
     if len(pnl) != S or len(weight) != S:

@@ -1,0 +1,275 @@
+"""The GPU backend: CuPy plus the CUDA kernels in ``kernels/*.cu``.
+
+CuPy is imported lazily (only when this backend is used). The kernels are loaded
+with ``cupy.RawModule`` from ``<package>/kernels`` and compiled with
+``--fmad=false`` so sums and products round as the CPU's do.
+
+Data movement, once per batch:
+
+* pricing inputs and scenario sets are uploaded once and kept in a small device
+  cache keyed by the identity of the host object (the cache holds a reference to
+  the host object, so its id cannot be reused while cached; host inputs are
+  treated as immutable, as the frozen dataclasses already are);
+* ``revalue`` returns the host P [I, S] (the engine's contract) and keeps its device
+  copy in the same cache keyed by that host array, so ``tail_stats`` on the P it
+  just produced uploads nothing; ``revalue_device`` returns the CuPy array and
+  ``tail_stats`` also accepts a CuPy P directly;
+* ``clear_cache()`` frees everything.
+
+``tail_stats`` is one fused kernel (``kernels/tail_stats.cu``): one thread block per
+portfolio, losses in shared memory (global scratch rows when S is too large), radix
+select for equal weights, sorted candidates for probability weights. cuSPARSE
+(``csr @ P``) is not used: it would write the dense [portfolios, S] block to global
+memory and read it back for the selection, which the fused kernel avoids.
+Weighted specs whose tail bound needs more than ``MAX_CANDIDATES`` candidates raise
+``GpuLimitError`` (the engine then falls back to the CPU).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..pricing import NUMERAIRE_CODES, NUMERAIRE_SETTLEMENT, PricingInputs
+from .base import MeasureSpec, TailStats, tail_candidates
+
+name = "gpu"
+
+#: threads per block; must equal GR_TPB in kernels/tail_stats.cu
+THREADS = 256
+#: dynamic shared memory a block may use without opting in (48 KiB less the kernel's static arrays)
+DYNAMIC_SMEM = 40 * 1024
+#: largest candidate buffer (power of two) for weighted tails: 12 bytes each
+MAX_CANDIDATES = 2048
+#: bound on the global scratch used when a portfolio's S losses do not fit in shared memory
+SCRATCH_BYTES = 512 << 20
+#: how many uploaded objects the device cache keeps
+CACHE_ENTRIES = 8
+#: compile options: no fused multiply-add, so results round as on the CPU
+NVRTC_OPTIONS = ("--fmad=false",)
+
+
+class GpuLimitError(RuntimeError):
+    """The request exceeds a limit of the GPU kernels (the engine falls back to the CPU)."""
+
+
+def kernel_dir() -> Path:
+    """Folder of the shipped ``*.cu`` sources."""
+    import gpurisk
+
+    return Path(gpurisk.__file__).parent / "kernels"
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def available():
+    """(True, description) only when CuPy imports and sees at least one CUDA device."""
+    try:
+        cp = _cupy()
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken CUDA install
+        return False, f"CuPy cannot be imported ({type(exc).__name__}: {exc})"
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001
+        return False, f"CuPy sees no CUDA device ({type(exc).__name__}: {exc})"
+    if n < 1:
+        return False, "CuPy sees no CUDA device"
+    try:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        dev = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception:  # noqa: BLE001
+        dev = "CUDA device"
+    return True, f"CuPy {cp.__version__} on {dev}"
+
+
+_modules: dict = {}
+
+
+def _kernel(module: str, fn: str):
+    """The compiled kernel ``fn`` of ``kernels/<module>.cu`` (compiled once per process)."""
+    if module not in _modules:
+        cp = _cupy()
+        code = (kernel_dir() / f"{module}.cu").read_text()
+        _modules[module] = cp.RawModule(code=code, options=NVRTC_OPTIONS)
+    return _modules[module].get_function(fn)
+
+
+class _DeviceCache:
+    """Device copies keyed by (tag, id(host object)); holds the host object so ids stay unique."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, tag, host, make):
+        key = (tag, id(host))
+        hit = self.items.get(key)
+        if hit is not None and hit[0] is host:
+            self.items.move_to_end(key)
+            return hit[1]
+        value = make()
+        self.put(tag, host, value)
+        return value
+
+    def put(self, tag, host, value):
+        self.items[(tag, id(host))] = (host, value)
+        self.items.move_to_end((tag, id(host)))
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+    def clear(self):
+        self.items.clear()
+
+
+_cache = _DeviceCache(CACHE_ENTRIES)
+
+
+def clear_cache() -> None:
+    """Drop every cached device copy (pricing inputs, scenario sets, P)."""
+    _cache.clear()
+
+
+def _pricing_on_device(pi: PricingInputs):
+    cp = _cupy()
+
+    def make():
+        return {
+            "kind": cp.asarray(pi.kind, dtype=cp.int8),
+            "settlement": cp.asarray(pi.settlement, dtype=cp.int8),
+            "option_type": cp.asarray(pi.option_type, dtype=cp.int8),
+            "uidx": cp.asarray(pi.underlying_idx, dtype=cp.int32),
+            "cs": cp.asarray(pi.contract_size, dtype=cp.float64),
+            "fwd": cp.asarray(pi.forward, dtype=cp.float64),
+            "strike": cp.asarray(pi.strike, dtype=cp.float64),
+            "ttm": cp.asarray(pi.ttm, dtype=cp.float64),
+            "vol": cp.asarray(pi.vol, dtype=cp.float64),
+        }
+
+    return _cache.get("pricing", pi, make)
+
+
+def _scenarios_on_device(scenarios):
+    cp = _cupy()
+
+    def make():
+        return {
+            "price_shock": cp.ascontiguousarray(cp.asarray(scenarios.price_shock, dtype=cp.float64)),
+            "vol_shock": cp.ascontiguousarray(cp.asarray(scenarios.vol_shock, dtype=cp.float64)),
+            "vol_mode": cp.asarray(scenarios.vol_mode, dtype=cp.int8),
+        }
+
+    return _cache.get("scenarios", scenarios, make)
+
+
+def _blocks(n: int) -> int:
+    return int(max(1, min((n + THREADS - 1) // THREADS, 65535 * 8)))
+
+
+def revalue_device(pi: PricingInputs, scenarios, numeraire: str = "usd"):
+    """P [I, S] float64 as a CuPy array on the current device."""
+    cp = _cupy()
+    n_ins, n_s = len(pi), scenarios.n_scenarios
+    out = cp.empty((n_ins, n_s), dtype=cp.float64)
+    if n_ins == 0 or n_s == 0:
+        return out
+    d = _pricing_on_device(pi)
+    sc = _scenarios_on_device(scenarios)
+    coin = np.int32(NUMERAIRE_CODES[numeraire] == NUMERAIRE_SETTLEMENT)
+    base = cp.empty(n_ins, dtype=cp.float64)
+    _kernel("revalue", "instrument_base")(
+        (_blocks(n_ins),), (THREADS,),
+        (np.int64(n_ins), d["kind"], d["settlement"], d["option_type"], d["cs"], d["fwd"], d["strike"],
+         d["ttm"], d["vol"], coin, base),
+    )
+    term = scenarios.term
+    _kernel("revalue", "revalue_pnl")(
+        (_blocks(n_ins * n_s),), (THREADS,),
+        (np.int64(n_ins), np.int32(n_s), np.int32(sc["price_shock"].shape[1]), d["kind"], d["settlement"],
+         d["option_type"], d["uidx"], d["cs"], d["fwd"], d["strike"], d["ttm"], d["vol"], sc["price_shock"],
+         sc["vol_shock"], sc["vol_mode"], np.float64(scenarios.horizon_years), coin, np.float64(term.ref_days),
+         np.float64(term.power_short), np.float64(term.power_long), np.float64(term.min_vol_up),
+         np.float64(term.vol_floor), np.float64(term.min_dte_days), base, out),
+    )
+    return out
+
+
+def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd") -> np.ndarray:
+    """P [I, S] float64 on the host; the device copy stays cached for ``tail_stats``."""
+    P_dev = revalue_device(pi, scenarios, numeraire)
+    P = _cupy().asnumpy(P_dev)
+    _cache.put("P", P, P_dev)
+    return P
+
+
+def _P_on_device(P):
+    cp = _cupy()
+    if isinstance(P, cp.ndarray):
+        return cp.ascontiguousarray(P, dtype=cp.float64)
+    return _cache.get("P", P, lambda: cp.ascontiguousarray(cp.asarray(P, dtype=cp.float64)))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def launch_shape(n_port: int, n_s: int, weighted: bool, m: int, sm_count: int = 132):
+    """(grid, cap, use_shared, dynamic shared bytes) for the tail kernel; GpuLimitError past the limits."""
+    cap = 0
+    if weighted:
+        cap = _next_pow2(max(2 * m, 2))
+        if cap > MAX_CANDIDATES:
+            cap = _next_pow2(m)
+        if cap > MAX_CANDIDATES:
+            raise GpuLimitError(f"weighted tail needs {m} candidates per portfolio; the GPU kernel holds {MAX_CANDIDATES}")
+    use_shared = n_s * 8 + cap * 12 <= DYNAMIC_SMEM
+    smem = (n_s * 8 if use_shared else 0) + cap * 12
+    grid = max(1, min(n_port, 8 * sm_count))
+    if not use_shared:
+        grid = max(1, min(grid, SCRATCH_BYTES // (8 * n_s)))
+    return grid, cap, use_shared, smem
+
+
+def tail_stats(portfolios, P, spec: MeasureSpec) -> TailStats:
+    """Per-portfolio worst / VaR / ES (MeasureSpec rule) from P [I, S] (host or CuPy)."""
+    cp = _cupy()
+    n_port, n_lev = len(portfolios), len(spec.levels)
+    n_ins, n_s = P.shape
+    if n_port == 0:
+        z = np.zeros((0, n_lev))
+        return TailStats(np.zeros(0), np.zeros(0, np.int64), z, z.copy())
+    if n_s == 0:
+        raise ValueError("tail_stats needs at least one scenario")
+    idx_h = np.asarray(portfolios.instrument_idx)
+    if len(idx_h) and (idx_h.min() < 0 or idx_h.max() >= n_ins):
+        raise ValueError(f"portfolio instrument index out of range for P with {n_ins} rows")
+    weighted, m, ks, targets = tail_candidates(spec, n_s)
+    sm = cp.cuda.Device().attributes.get("MultiProcessorCount", 132)
+    grid, cap, use_shared, smem = launch_shape(n_port, n_s, weighted, m, sm)
+    P_dev = _P_on_device(P)
+    pnl = np.ones(n_s) if spec.pnl_factor is None else np.asarray(spec.pnl_factor, dtype=np.float64)
+    weight = np.ones(n_s) if spec.weight is None else np.asarray(spec.weight, dtype=np.float64)
+    scratch = cp.empty(1 if use_shared else grid * n_s, dtype=cp.float64)
+    worst = cp.empty(n_port, dtype=cp.float64)
+    worst_s = cp.empty(n_port, dtype=cp.int64)
+    var = cp.empty((n_port, n_lev), dtype=cp.float64)
+    es = cp.empty((n_port, n_lev), dtype=cp.float64)
+    status = cp.zeros(1, dtype=cp.int32)
+    _kernel("tail_stats", "tail_stats")(
+        (grid,), (THREADS,),
+        (np.int32(n_port), np.int32(n_s), cp.asarray(portfolios.indptr, dtype=cp.int64),
+         cp.asarray(idx_h, dtype=cp.int32), cp.asarray(portfolios.quantity, dtype=cp.float64), P_dev,
+         cp.asarray(pnl), np.float64(spec.profit_factor), np.int32(n_lev), cp.asarray(ks, dtype=cp.int64),
+         np.int32(weighted), cp.asarray(weight), cp.asarray(targets, dtype=cp.float64), np.int32(m),
+         np.int32(cap), np.int32(use_shared), scratch, worst, worst_s, var, es, status),
+        shared_mem=smem,
+    )
+    if int(status.get()[0]) != 0:
+        raise GpuLimitError(f"a weighted tail had more tied candidates than the {cap}-entry buffer")
+    return TailStats(worst=cp.asnumpy(worst), worst_scenario=cp.asnumpy(worst_s), var=cp.asnumpy(var),
+                     es=cp.asnumpy(es))
