@@ -196,3 +196,18 @@ def test_missing_or_broken_parameter_file(tmp_path):
     f.write_text("mm_factor = = 1\n")
     with pytest.raises(ConfigError, match="TOML"):
         house.load_params(str(f))
+
+
+def test_spot_positions_count_as_holdings_in_equity():
+    # 3 BTC spot on binance (a position) plus 2 BTC balance on deribit: 5 BTC of holdings, tiered together
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["BIN-BTC"], "quantity": [3.0]})
+    bal = pd.DataFrame({"account_id": ["a"], "venue": ["deribit"], "asset": ["BTC"], "amount": [2.0]})
+    book = make_book(pos, bal)
+    ci = coll.collateral_instruments(book)
+    p = coll.CollateralParams(tiers={"BTC": ((150_000.0, 1.0), (math.inf, 0.5))})
+    eq, raw = coll.equity(book, ci, p, "account")
+    assert raw[0] == pytest.approx(5 * PRICES["BTC"])
+    assert eq[0] == pytest.approx(150_000 + 0.5 * (5 * PRICES["BTC"] - 150_000))
+    eqv, _ = coll.equity(book, ci, p, "account_venue")
+    # per venue: 2 BTC = 120,000 inside the first slice; 3 BTC = 180,000 crosses it
+    assert sorted(eqv) == pytest.approx([2 * PRICES["BTC"], 150_000 + 0.5 * (3 * PRICES["BTC"] - 150_000)])

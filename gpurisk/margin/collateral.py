@@ -2,7 +2,8 @@
 
 Two views of the same balances (``Book.balances``, units of each asset):
 
-- **Equity** (static, USD): each asset's USD value at the as-of index counts at a
+- **Equity** (static, USD): the account's holdings (balances, plus spot positions,
+  which are coins owned on a spot venue) per asset; each asset's USD value counts at a
   collateral rate that is progressive by amount, slice by slice (Binance style):
   with tiers ``[(10e6, 1.0), (50e6, 0.975), (inf, 0.95)]`` the first 10 M USD count
   at 1.0, the next 40 M at 0.975 and the rest at 0.95. Tiers apply to an account's
@@ -190,21 +191,32 @@ def portfolios_with_collateral(book: Book, coll: CollateralInstruments, by: str 
 
 
 def equity(book: Book, coll: CollateralInstruments, params: CollateralParams, by: str = "account"):
-    """(haircut equity [G] USD, raw value [G] USD) per group of ``by``, groups as ``portfolios_with_collateral``."""
-    bal = book.balances
-    _, bg, key, acct = _group_codes(book, by)
+    """(haircut equity [G] USD, raw value [G] USD) per group of ``by``, groups as ``portfolios_with_collateral``.
+
+    Holdings are the balances (at the as-of index) plus spot positions (coins owned
+    on a spot venue, at their mark): both are assets of the account. They are summed
+    per (group, asset) and then valued slice by slice with the asset's tiers.
+    """
+    bal, pos, ins = book.balances, book.positions, book.instruments
+    pg, bg, key, acct = _group_codes(book, by)
     n_groups = len(acct)
     a_code = np.searchsorted(coll.assets, np.asarray(bal.asset, dtype=object).astype(str).astype(object))
-    C = max(len(coll), 1)
-    k = bg * C + a_code
-    k_u, inv = np.unique(k, return_inverse=True)
-    amount = np.bincount(inv, weights=bal.amount, minlength=len(k_u))
-    asset_code = (k_u % C).astype(np.int64)
-    value = amount * coll.price_usd[asset_code] if len(coll) else np.zeros(0)
-    hv = tier_value(coll.assets[asset_code] if len(coll) else np.empty(0, object), value, params)
-    grp = k_u // C
+    b_value = bal.amount * (coll.price_usd[a_code] if len(coll) else np.zeros(0))
+    spot = ins.kind[pos.instrument_idx] == SPOT
+    s_ins = pos.instrument_idx[spot]
+    s_value = pos.quantity[spot] * ins.contract_size[s_ins] * book.market.underlying_price[s_ins]
+    names = np.concatenate([np.asarray(bal.asset, dtype=object), np.asarray(ins.underlying[s_ins], dtype=object)])
+    group = np.concatenate([bg, pg[spot]]).astype(np.int64)
+    value = np.concatenate([b_value, s_value])
+    codes, uniq = pd.factorize(pd.Series(names, dtype=object), sort=True)
+    n_assets = max(len(uniq), 1)
+    k_u, inv = np.unique(group * n_assets + codes, return_inverse=True)
+    v = np.bincount(inv, weights=value, minlength=len(k_u))
+    asset = np.asarray(uniq, dtype=object)[k_u % n_assets] if len(uniq) else np.empty(0, dtype=object)
+    hv = tier_value(asset, v, params)
+    grp = k_u // n_assets
     eq = np.bincount(grp, weights=hv, minlength=n_groups)
-    raw = np.bincount(grp, weights=value, minlength=n_groups)
+    raw = np.bincount(grp, weights=v, minlength=n_groups)
     return eq, raw
 
 

@@ -1,0 +1,250 @@
+"""The house model: components against independent computations, APC, floor, calls, cross-venue view, 10k book."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+from test_measures import PRICES, make_book, random_positions
+
+import gpurisk.margin as gm
+from gpurisk import marketdata
+from gpurisk.backends import TailStats, reference
+from gpurisk.margin import calls, house
+from gpurisk.margin.plan import execute
+from gpurisk.pricing import VolTerm
+from gpurisk.scenarios import make_scenario_set
+
+
+def _backend() -> str:
+    from gpurisk import backends
+
+    try:
+        backends.get("cpu")
+        return "cpu"
+    except Exception:  # noqa: BLE001 - fall back to the oracle where Numba is unusable
+        return "reference"
+
+
+def _sset(S=1000, seed=0, horizon=2.0):
+    rng = np.random.default_rng(seed)
+    return make_scenario_set(["BTC", "ETH"], rng.normal(0, 0.05, (S, 2)), rng.normal(0, 0.1, (S, 2)),
+                             horizon_days=horizon)
+
+
+def _ewma_vol_loop(coin, date, lam):
+    """Daily EWMA vol, the plain recursion written out (independent of the model's pandas code)."""
+    c = marketdata.daily_bars(coin)["close"].loc[:date].to_numpy()
+    r = np.diff(np.log(c))
+    v = r[0] ** 2
+    for x in r[1:]:
+        v = lam * v + (1 - lam) * x * x
+    return math.sqrt(v)
+
+
+# --------------------------------------------------------------------------- components
+
+
+def test_im_components_by_hand():
+    # 2 BTC long via OKX linear perp (200 contracts × 0.01 BTC at 60,000), USDT collateral
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [200.0]})
+    bal = pd.DataFrame({"account_id": ["a"], "venue": ["okx"], "asset": ["USDT"], "amount": [50_000.0]})
+    book = make_book(pos, bal)
+    shocks = -np.linspace(0.0, 0.3, 100)  # losses 0 .. 36,000 USD
+    sset = make_scenario_set(["BTC", "ETH"], np.c_[shocks, np.zeros(100)], horizon_days=2.0)
+    p = house.Params(cross_venue=False)
+    m = gm.compute(book, "house", params=p, scenarios=sset, backend="reference").tables["margin"].iloc[0]
+    D = 2 * 60_000.0
+    losses = np.sort(-D * shocks)[::-1]
+    es = losses[:1].mean()  # k = ceil(0.01 * 100) = 1
+    assert m["es_99"] == pytest.approx(es)
+    date = house.history_date(book.as_of)
+    assert date == pd.Timestamp("2024-05-31")
+    sigma = _ewma_vol_loop("BTC", date, 0.94)
+    adv = marketdata.average_daily_volume_usd("BTC", date, 30)
+    liq = 1.0 * sigma * D * math.sqrt(D / adv)
+    assert m["liquidity_addon"] == pytest.approx(liq, rel=1e-6)
+    st = house.apc_state(date, p)
+    assert m["apc_buffer"] == pytest.approx(st["buffer_rate"] * es)
+    assert m["floor"] == pytest.approx(0.01 * D)
+    assert m["im"] == pytest.approx(max(es * (1 + st["buffer_rate"]) + liq, 0.01 * D))
+    assert m["mm"] == pytest.approx(0.8 * m["im"])
+    assert m["equity"] == pytest.approx(50_000.0)
+    assert m["excess"] == pytest.approx(50_000.0 - m["im"])
+
+
+def test_delta_notional_matches_closed_forms():
+    book = make_book(pd.DataFrame({"account_id": ["a"], "instrument_id": ["BIN-BTC"], "quantity": [1.0]}))
+    from gpurisk.margin.measures import book_pricing
+
+    pi, _ = book_pricing(book, _sset(2))
+    d = house.delta_notional(pi, VolTerm())
+    ins = book.instruments
+    F, cs, T = pi.forward, pi.contract_size, pi.ttm
+    for i, iid in enumerate(ins.instrument_id):
+        if ins.kind[i] == 3:  # option: cs · w·N(w·d1) · F (Black-76 delta in USD notional)
+            w = ins.option_type[i]
+            s = pi.vol[i] * math.sqrt(T[i])
+            d1 = (math.log(F[i] / pi.strike[i]) + 0.5 * s * s) / s
+            want = cs[i] * w * norm.cdf(w * d1) * F[i]
+        elif ins.settlement[i] == 1:  # inverse delta-one: cs USD per unit move
+            want = cs[i]
+        else:
+            want = cs[i] * F[i]
+        assert d[i] == pytest.approx(want, rel=1e-6), iid
+
+
+def test_apc_buffer_released_in_stress_and_kept_in_calm():
+    p = house.Params()
+    calm = house.apc_state(pd.Timestamp("2024-12-31"), p)
+    assert calm["buffer_rate"] == pytest.approx(0.25)
+    covid = house.apc_state(pd.Timestamp("2020-03-13"), p)
+    assert covid["release"] == 1.0 and covid["buffer_rate"] == 0.0
+    # the rule itself, on the reported vols; long-run vol = sample std over the window
+    for st, date in ((calm, "2024-12-31"), (covid, "2020-03-13")):
+        d = pd.Timestamp(date)
+        c = marketdata.daily_bars("BTC")["close"].loc[d - pd.Timedelta(days=3650): d]
+        assert st["long_daily_vol"] == pytest.approx(np.std(np.diff(np.log(c.to_numpy())), ddof=1))
+        assert st["short_daily_vol"] == pytest.approx(_ewma_vol_loop("BTC", d, 0.94), rel=1e-9)
+        r = st["short_daily_vol"] / st["long_daily_vol"]
+        assert st["buffer_rate"] == pytest.approx(0.25 * (1 - min(max((r - 1) / 0.5, 0), 1)))
+
+
+def test_history_date_clamps_to_last_bar():
+    assert house.history_date(np.datetime64("2026-03-01T08:00:00")) == pd.Timestamp("2024-12-31")
+    assert house.history_date(np.datetime64("2024-06-10T12:00:00")) == pd.Timestamp("2024-06-09")
+    assert house.history_date(np.datetime64("2024-06-10T00:00:00")) == pd.Timestamp("2024-06-09")
+
+
+def test_hedged_book_pays_the_floor():
+    # long 1 BTC spot, short 100 × 0.01 BTC linear perp at the same mark: P&L ≡ 0
+    pos = pd.DataFrame({"account_id": ["a", "a"], "instrument_id": ["BIN-BTC", "OKX-BTC-PERP"],
+                        "quantity": [1.0, -100.0]})
+    m = gm.compute(make_book(pos), "house", params=house.Params(cross_venue=False), scenarios=_sset(),
+                   backend="reference").tables["margin"].iloc[0]
+    assert abs(m["es_99"]) < 1e-6 and m["liquidity_addon"] < 1e-9
+    assert m["im"] == pytest.approx(0.01 * 2 * 60_000.0)
+
+
+def test_liquidity_charge_grows_faster_than_size():
+    def im_parts(k):
+        pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [k]})
+        return gm.compute(make_book(pos), "house", params=house.Params(cross_venue=False), scenarios=_sset(),
+                          backend="reference").tables["margin"].iloc[0]
+
+    small, big = im_parts(1e3), im_parts(1e5)
+    assert big["liquidity_addon"] == pytest.approx(small["liquidity_addon"] * 100 ** 1.5, rel=1e-9)
+    assert big["es_99"] == pytest.approx(small["es_99"] * 100, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- calls
+
+
+def test_classify_bands_by_hand():
+    im = np.array([100.0, 100, 100, 100, 100, 100, 0.0, 0.0])
+    mm = 0.8 * im
+    eq = np.array([100.0, 150, 95, 88, 87.9, 79, 0.0, -1.0])
+    status, amt = calls.classify(im, mm, eq, calls.CallParams(1.10, 1.0))
+    assert list(status) == ["ok", "ok", "call", "call", "reduce_only", "liquidation", "ok", "liquidation"]
+    np.testing.assert_allclose(amt, [0, 0, 5, 12, 12.1, 21, 0, 1])
+
+
+def test_classify_caps_bands_at_im():
+    # MM = 0.95·IM and a reduce-only line at 1.2·MM = 114 > IM: the call band is empty,
+    # equity just under IM is reduce-only, at IM it is ok
+    im, mm = np.array([100.0, 100.0, 100.0]), np.array([95.0, 95.0, 95.0])
+    status, _ = calls.classify(im, mm, np.array([100.0, 99.0, 94.0]), calls.CallParams(1.2, 1.0))
+    assert list(status) == ["ok", "reduce_only", "liquidation"]
+    with pytest.raises(ValueError):
+        calls.CallParams(reduce_only_mm_ratio=0.9, liquidation_mm_ratio=1.0)
+
+
+# --------------------------------------------------------------------------- cross-venue view
+
+
+def test_cross_venue_benefit():
+    # a: long OKX perp vs short Deribit inverse perp (a cross-venue hedge); b: one venue only
+    pos = pd.DataFrame({"account_id": ["a", "a", "b"], "instrument_id": ["OKX-BTC-PERP", "DER-BTC-PERP", "OKX-ETH-PERP"],
+                        "quantity": [100.0, -6001.0, 30.0]})
+    bal = pd.DataFrame({"account_id": ["a", "a", "b"], "venue": ["okx", "deribit", "okx"], "asset": ["USDT", "BTC", "USDC"],
+                        "amount": [20_000.0, 0.5, 5_000.0]})
+    res = gm.compute(make_book(pos, bal), "house", scenarios=_sset(), backend="reference")
+    m = res.tables["margin"].set_index("account_id")
+    v = res.tables["venue_margin"]
+    assert m.loc["a", "cross_margin_benefit"] > 0.5 * m.loc["a", "standalone_im"]
+    assert m.loc["b", "cross_margin_benefit"] == 0.0
+    per_acct = v.groupby("account_id")["im"].sum()
+    np.testing.assert_allclose(m.loc[per_acct.index, "standalone_im"], per_acct.to_numpy())
+    np.testing.assert_allclose(m["cross_margin_benefit"], m["standalone_im"] - m["im"])
+    s = res.summary
+    assert s["total_im"] == pytest.approx(m["im"].sum())
+    assert sum(s["im_by_venue_standalone"].values()) == pytest.approx(s["total_standalone_im"])
+    assert s["cross_margin_benefit"] == pytest.approx(s["total_standalone_im"] - s["total_im"])
+
+
+def test_chunked_tail_stats_give_the_same_result():
+    rng = np.random.default_rng(4)
+    book = make_book(random_positions(rng, 25, 90))
+    plan = house.plan(book, house.Params(), _sset(400))
+    whole, _ = execute(plan, "reference")
+    chunked = {}
+    for name, leg in plan.legs.items():
+        P = reference.revalue(leg.pricing, leg.scenarios)
+        n = len(leg.portfolios)
+        edges = [0, 3, 4, n // 2, n]
+        chunked[name] = TailStats.concat([reference.tail_stats(leg.portfolios.slice(a, b), P, leg.spec)
+                                          for a, b in zip(edges, edges[1:])])
+    a, b = house.finalize(plan, whole), house.finalize(plan, chunked)
+    for t in a.tables:
+        pd.testing.assert_frame_equal(a.tables[t], b.tables[t])
+
+
+def test_default_scenario_set_is_fhs_mc_and_stress():
+    book = make_book(pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-ETH-PERP"], "quantity": [1.0]}),
+                     as_of="2026-03-01T00:00:00Z")
+    s = house.default_scenarios(book, house.Params())
+    kinds = [part["kind"] for part in s.metadata["parts"]]
+    assert kinds == ["historical", "montecarlo", "stress"] or kinds[0] == "historical"
+    n = {part["kind"]: part["n_scenarios"] for part in s.metadata["parts"]}
+    assert n.get("montecarlo", 0) >= 10_000 and n["historical"] >= 1_000 and n["stress"] >= 1
+    assert s.n_scenarios == sum(n.values())
+    assert s.horizon_days == 2.0
+    assert {"ETH", "USDT"} <= set(s.underlyings)
+
+
+# --------------------------------------------------------------------------- the generated 10k-account book
+
+
+@pytest.fixture(scope="module")
+def generated_10k():
+    from gpurisk.book import Book
+    from gpurisk.generate import generate_book
+
+    tb = generate_book(10_000, 1)
+    book = Book.from_frames(tb["meta"]["as_of"], tb["instruments"], tb["market"], tb["index"], tb["positions"],
+                            tb["balances"])
+    return book, gm(book, model="house", backend=_backend())
+
+
+def test_house_on_generated_10k_book(generated_10k):
+    book, res = generated_10k
+    m, c, s = res.tables["margin"], res.tables["calls"], res.summary
+    assert len(m) == 10_000 == s["accounts"] and list(m["account_id"]) == list(book.accounts)
+    num = m.select_dtypes("number")
+    assert np.isfinite(num.to_numpy()).all()
+    assert (m["im"] > 0).all() and np.allclose(m["mm"], 0.8 * m["im"])
+    assert (m["im"] >= m["floor"] - 1e-9).all()
+    assert s["total_im"] == pytest.approx(m["im"].sum())
+    assert s["total_standalone_im"] == pytest.approx(res.tables["venue_margin"]["im"].sum())
+    assert set(s["im_by_venue_standalone"]) == {"binance", "deribit", "okx"}
+    assert s["cross_margin_benefit"] == pytest.approx((m["standalone_im"] - m["im"]).sum())
+    assert s["cross_margin_benefit"] > 0
+    # calls: the table lists exactly the accounts not ok, and the counts agree
+    assert sum(s["calls"].values()) == 10_000
+    assert len(c) == 10_000 - s["calls"]["ok"]
+    assert c["status"].value_counts().to_dict() == {k: v for k, v in s["calls"].items() if k != "ok" and v}
+    assert (c["call_amount"] > 0).all() and (m.loc[m["status"] == "ok", "equity"] >= m.loc[m["status"] == "ok", "im"]).all()
+    assert s["backend"] in ("cpu", "reference") and s["gpu_fallbacks"] == 0
