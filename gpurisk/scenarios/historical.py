@@ -55,12 +55,9 @@ def ewma_sigma(r: np.ndarray, lam: float) -> np.ndarray:
     if len(r) == 0:
         return np.full(1, np.nan)
     s0 = float(np.mean(r[:EWMA_SEED_RETURNS] ** 2))
-    # σ²[t] = λ σ²[t−1] + (1−λ) r²[t−1], σ²[0] = s0
-    x = np.concatenate([[0.0], r**2])  # x[t] = r[t−1]
-    zi = np.array([lam * s0])
-    var, _ = lfilter([0.0, 1.0 - lam], [1.0, -lam], x, zi=zi)
-    var[0] = s0
-    return np.sqrt(var)
+    # σ²[t+1] = λ σ²[t] + (1−λ) r²[t], σ²[0] = s0
+    tail, _ = lfilter([1.0 - lam], [1.0, -lam], r**2, zi=np.array([lam * s0]))
+    return np.sqrt(np.concatenate([[s0], tail]))
 
 
 def _closes_until(closes: pd.DataFrame, as_of) -> pd.DataFrame:
