@@ -70,7 +70,7 @@ def test_overlapping_and_sqrt_horizons():
                              lookback_days=50, include_periods=())
     dq = pd.to_datetime(list(q.scenario_id))
     r1 = np.log(CLOSES["BTC"] / CLOSES["BTC"].shift(1)).reindex(dq).to_numpy()
-    np.testing.assert_allclose(q.price_shock[:, 0], np.expm1(2.0 * r1), rtol=1e-12)
+    np.testing.assert_allclose(q.price_shock[:, 0], np.expm1(2.0 * r1), rtol=1e-12, atol=1e-14)
 
 
 def independent_ewma(r: np.ndarray, lam: float) -> np.ndarray:
