@@ -7,16 +7,15 @@ long holdings need no margin; a short spot position is charged
 ``spot_short_rate`` × its USD notional, an assumption). A venue of the book that
 the table does not name is an error naming it, never silently dropped.
 
-This module also holds the small TOML → frozen-dataclass loader the venue
-models share (``params_from_mapping``, ``load_toml``).
+This module also holds ``load_params_file``, the venue models' shared reader: the
+TOML file overlaid on the code defaults (tables merge entry by entry), then read
+strictly by ``gpurisk.margin.params``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,119 +23,56 @@ import numpy as np
 import pandas as pd
 
 from ..backends import TailStats
-from ..book import OPTION, SPOT, STABLECOINS, Book
+from ..book import SPOT, STABLECOINS, Book
 from ..errors import ConfigError, GpuriskError
+from .params import build as build_params
 from .plan import MarginResult, Plan
 
 METHODOLOGIES = ("deribit", "okx", "spot")
 
 # ---------------------------------------------------------------------------------------------
-# parameter files: TOML → frozen dataclasses, strict about unknown keys and types
+# parameter files: TOML overlaid on the code defaults, then read strictly by margin.params
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
+def _plain(x):
+    """A dataclass / dict / tuple as TOML-like data (tables, arrays, scalars)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_plain(v) for v in x]
+    return x
 
 
-def _convert(value, tp, where: str, source: str, base=None):
-    """``value`` checked and converted to the annotated type ``tp``; ConfigError names source and key.
-
-    A table for a dataclass overlays ``base`` (an existing instance) when given; a table
-    for a ``dict`` field updates ``base`` (the default dict) entry by entry.
-    """
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, where, source, base)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{source}: {where}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {where}: expected a table, got {type(value).__name__}")
-        return params_from_mapping(tp, value, source, prefix=where, base=base if isinstance(base, tp) else None)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {where}: expected an array, got {type(value).__name__}")
-        item = args[0] if args else typing.Any
-        return tuple(_convert(v, item, f"{where}[{i}]", source) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {where}: expected a table, got {type(value).__name__}")
-        vt = args[1] if len(args) == 2 else typing.Any
-        merged = dict(base) if isinstance(base, dict) else {}
-        for k, v in value.items():
-            merged[str(k)] = _convert(v, vt, f"{where}.{k}", source, merged.get(str(k)))
-        return merged
-    if tp is typing.Any:
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {where}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: {where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{source}: {where}: unsupported parameter type {_type_name(tp)}")
-
-
-def params_from_mapping(cls, data: dict, source: str = "<params>", prefix: str = "", base=None):
-    """An instance of the frozen dataclass ``cls`` from ``data``.
-
-    Keys not given keep ``base``'s values (or the class defaults); tables for dict fields
-    update the default entries (an entry given overlays the default entry of that name).
-    Unknown keys and wrong types raise ConfigError naming ``source`` and the key path.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(names))}")
-    base = base if base is not None else cls()
-    kwargs = {}
-    for k, v in data.items():
-        where = f"{prefix}.{k}" if prefix else k
-        kwargs[k] = _convert(v, hints[k], where, source, getattr(base, k))
-    try:
-        return dataclasses.replace(base, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {prefix or 'parameters'}: {exc}") from exc
-
-
-def load_toml(path) -> dict:
-    """The parsed TOML file at ``path``; ConfigError (one line) if missing or malformed."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{p}: parameter file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+def _overlay(base, over):
+    """``over`` merged into ``base``: tables merge key by key, everything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _overlay(base[k], v) if k in base else v
+        return out
+    return over
 
 
 def load_params_file(cls, path):
-    """``cls`` defaults overridden by the TOML file at ``path`` (None → the defaults)."""
+    """``cls()`` overlaid with the TOML file at ``path`` (None → the defaults).
+
+    Tables merge with the defaults key by key, so ``[pairs.ETH] price_range = 0.2``
+    changes only that value and keeps the other pairs; unknown keys and wrong types
+    raise ConfigError naming the file and the key (``gpurisk.margin.params``).
+    """
     if path is None:
         return cls()
-    return params_from_mapping(cls, load_toml(path), str(path))
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: parameter file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return build_params(cls, _overlay(_plain(cls()), data), str(p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,4 +270,4 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     return MarginResult(model="venue", tables=tables, summary=summary)
 
 
-__all__ = ["Params", "VenueSpec", "load_params", "plan", "finalize", "params_from_mapping", "load_params_file"]
+__all__ = ["Params", "VenueSpec", "load_params", "plan", "finalize", "load_params_file"]
