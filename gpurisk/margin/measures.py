@@ -173,7 +173,7 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "model": NAME,
         "accounts": int(len(df)),
         "levels": list(params.levels),
-        "scenarios": leg.scenarios.describe(),
+        "scenarios": {k: v for k, v in leg.scenarios.describe().items() if k != "metadata"},
         "total_worst": float(df["worst"].sum()),
         f"total_es_{q0}": float(df[f"es_{q0}"].sum()),
     }

@@ -1,0 +1,143 @@
+"""``gpurisk margin`` end to end, the model registry and the callable ``gpurisk.margin`` module."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gpurisk.margin as gm
+from gpurisk import io
+from gpurisk.cli import main
+from gpurisk.errors import ConfigError
+from gpurisk.generate import generate_book
+from gpurisk.scenarios import make_scenario_set
+from gpurisk.scenarios.io import write_scenarios
+
+
+@pytest.fixture(scope="module")
+def book_dir(tmp_path_factory):
+    tb = generate_book(150, 3)
+    meta = tb.pop("meta")
+    pos = tb["positions"]
+    # one bad row: a position on an instrument the book does not have -> a reject, not a crash
+    tb["positions"] = pd.concat([pos, pd.DataFrame({"account_id": ["ACCBAD"], "instrument_id": ["NO-SUCH"],
+                                                    "quantity": [1.0]})], ignore_index=True)
+    d = tmp_path_factory.mktemp("book")
+    io.write_book(d, tb, meta)
+    return d
+
+
+@pytest.fixture(scope="module")
+def scen_file(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    s = make_scenario_set(["BTC", "ETH", "SOL"], rng.normal(0, 0.06, (600, 3)), rng.normal(0, 0.15, (600, 3)),
+                          horizon_days=2.0, kind="custom", source="test draws")
+    f = tmp_path_factory.mktemp("scen") / "scen.parquet"
+    write_scenarios(s, f)
+    return f
+
+
+def _read(out, name):
+    return pd.read_parquet(out / f"{name}.parquet")
+
+
+def test_measures_command(book_dir, scen_file, tmp_path):
+    out = tmp_path / "m"
+    rc = main(["margin", str(book_dir), "--model", "measures", "--scenarios", str(scen_file), "--out", str(out),
+               "--backend", "reference"])
+    assert rc == 0
+    m = _read(out, "margin")
+    assert list(m.columns[:4]) == ["account_id", "worst", "var_99", "es_99"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rejects"] == 1 and (out / "rejects.parquet").exists()
+    assert summary["backend"] == "reference" and summary["gpu_fallbacks"] == 0
+    assert summary["accounts"] == len(m) and "ACCBAD" not in set(m["account_id"])
+    # the same numbers as the Python API on the same book and scenarios
+    from gpurisk.scenarios.io import read_scenarios
+
+    book = io.load_book(book_dir).book
+    api = gm(book, model="measures", scenarios=read_scenarios(scen_file), backend="reference").tables["margin"]
+    pd.testing.assert_frame_equal(m[["account_id", "worst", "var_99", "es_99"]],
+                                  api[["account_id", "worst", "var_99", "es_99"]], check_dtype=False)
+
+
+def test_measures_levels_from_params_file(book_dir, scen_file, tmp_path):
+    pf = tmp_path / "m.toml"
+    pf.write_text("levels = [0.99, 0.975]\n")
+    out = tmp_path / "m"
+    assert main(["margin", str(book_dir), "--model", "measures", "--scenarios", str(scen_file), "--params", str(pf),
+                 "--out", str(out), "--backend", "reference"]) == 0
+    m = _read(out, "margin")
+    assert {"var_99", "var_97_5", "es_99", "es_97_5"} <= set(m.columns)
+    assert (m["es_99"] >= m["es_97_5"] - 1e-9).all()
+
+
+def test_house_command_writes_all_tables(book_dir, scen_file, tmp_path):
+    out = tmp_path / "h"
+    assert main(["margin", str(book_dir), "--model", "house", "--scenarios", str(scen_file), "--out", str(out)]) == 0
+    m, c, v = _read(out, "margin"), _read(out, "calls"), _read(out, "venue_margin")
+    s = json.loads((out / "summary.json").read_text())
+    for col in ("account_id", "model", "currency", "im", "mm", "equity", "excess", "status", "call_amount",
+                "cross_margin_benefit"):
+        assert col in m.columns
+    assert set(m["status"]) <= {"ok", "call", "reduce_only", "liquidation"}
+    assert set(c["account_id"]) == set(m.loc[m["status"] != "ok", "account_id"])
+    assert s["total_im"] == pytest.approx(m["im"].sum())
+    assert s["im_by_venue_standalone"] == pytest.approx(v.groupby("venue")["im"].sum().to_dict())
+    assert s["calls"] == {k: int((m["status"] == k).sum()) for k in ("ok", "call", "reduce_only", "liquidation")}
+    assert s["rejects"] == 1 and s["backend"] in ("cpu", "gpu", "reference")
+    assert sorted(s["tables"]) == ["calls.parquet", "margin.parquet", "rejects.parquet", "venue_margin.parquet"]
+    assert not list(out.glob(".*tmp"))  # no temp files left behind
+
+
+def test_bad_params_file_fails_cleanly(book_dir, tmp_path, capsys):
+    pf = tmp_path / "bad.toml"
+    pf.write_text("mm_factor = 2.0\n")
+    out = tmp_path / "o"
+    rc = main(["margin", str(book_dir), "--model", "house", "--params", str(pf), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and "bad.toml" in err and "mm_factor" in err
+    assert not out.exists()
+
+
+def test_missing_scenario_file_fails_cleanly(book_dir, tmp_path, capsys):
+    rc = main(["margin", str(book_dir), "--model", "measures", "--scenarios", str(tmp_path / "nope.parquet"),
+               "--out", str(tmp_path / "o")])
+    assert rc != 0 and "nope.parquet" in capsys.readouterr().err
+
+
+def test_missing_book_fails_cleanly(tmp_path, capsys):
+    rc = main(["margin", str(tmp_path / "nobook"), "--model", "measures", "--out", str(tmp_path / "o")])
+    assert rc != 0 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_unknown_model_is_rejected_by_the_parser(book_dir, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["margin", str(book_dir), "--model", "nosuch", "--out", str(tmp_path / "o")])
+    assert e.value.code != 0
+
+
+def test_registry_resolves_every_available_model():
+    for name in gm.MODELS:
+        try:
+            mod = gm.get_model(name)
+        except ConfigError:
+            continue  # not in this build
+        for attr in ("Params", "load_params", "plan", "finalize"):
+            assert hasattr(mod, attr), (name, attr)
+    with pytest.raises(ConfigError, match="unknown margin model"):
+        gm.get_model("nosuch")
+
+
+def test_module_is_callable(book_dir, scen_file):
+    from gpurisk.scenarios.io import read_scenarios
+
+    book = io.load_book(book_dir).book
+    s = read_scenarios(scen_file)
+    a = gm(book, model="measures", scenarios=s, backend="reference")
+    b = gm.compute(book, model="measures", scenarios=s, backend="reference")
+    pd.testing.assert_frame_equal(a.tables["margin"], b.tables["margin"])
+    assert a.summary["backend"] == "reference"
