@@ -1,0 +1,111 @@
+"""``Book.from_frames`` and CSR portfolios, checked against a plain pandas groupby.
+
+Independent source: pandas ``groupby(...).sum()`` over the positions table,
+joined with the instruments' venue / settlement currency; and invariance of
+the portfolios to the input row order (hypothesis).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpurisk.book import Book
+from gpurisk.generate import generate_book
+from gpurisk.io import TABLES
+from gpurisk.validate import validate
+
+GROUPINGS = {"account": None, "account_venue": "venue", "account_settlement": "currency"}
+
+
+@pytest.fixture(scope="module")
+def clean():
+    g = generate_book(150, 11)
+    tables = {k: g[k] for k in TABLES}
+    # add duplicate (account, instrument) rows so netting is exercised too
+    pos = tables["positions"]
+    tables["positions"] = pd.concat([pos, pos.iloc[::7].assign(quantity=lambda d: d["quantity"] * 0.5)],
+                                    ignore_index=True)
+    clean, rejects, _ = validate(tables, g["meta"]["as_of"])
+    assert rejects.empty
+    return g["meta"]["as_of"], clean
+
+
+def _expected(clean_tables, by: str) -> pd.DataFrame:
+    """Net positions per (portfolio key, instrument_id) from a pandas groupby."""
+    ins = clean_tables["instruments"]
+    cur = np.where(ins["settlement"] == "inverse", ins["underlying"], "USD")
+    lab = pd.DataFrame({"instrument_id": ins["instrument_id"], "venue": ins["venue"], "currency": cur})
+    pos = clean_tables["positions"].merge(lab, on="instrument_id", how="left")
+    keys = ["account_id"] + ([GROUPINGS[by]] if GROUPINGS[by] else [])
+    out = pos.groupby(keys + ["instrument_id"], sort=True)["quantity"].sum().reset_index()
+    return out.rename(columns={"quantity": "q"})
+
+
+def _actual(book: Book, by: str) -> pd.DataFrame:
+    pf = book.portfolios(by=by)
+    counts = np.diff(pf.indptr)
+    df = pd.DataFrame({"account_id": np.repeat(pf.key["account_id"], counts),
+                       "instrument_id": book.instruments.instrument_id[pf.instrument_idx],
+                       "q": pf.quantity})
+    if GROUPINGS[by]:
+        df[GROUPINGS[by]] = np.repeat(pf.key[GROUPINGS[by]], counts)
+    keys = ["account_id"] + ([GROUPINGS[by]] if GROUPINGS[by] else [])
+    return df[keys + ["instrument_id", "q"]].sort_values(keys + ["instrument_id"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("by", list(GROUPINGS))
+def test_portfolios_match_pandas_groupby(clean, by):
+    as_of, tables = clean
+    book = Book.from_frames(as_of, **tables)
+    exp = _expected(tables, by)
+    got = _actual(book, by)
+    exp = exp[got.columns].astype({c: "str" for c in got.columns if c != "q"})
+    got = got.astype({c: "str" for c in got.columns if c != "q"})
+    assert len(got) > 300
+    pd.testing.assert_frame_equal(got, exp, check_exact=False, rtol=1e-12)
+    pf = book.portfolios(by=by)
+    assert pf.indptr[0] == 0 and np.all(np.diff(pf.indptr) >= 0) and pf.nnz == len(got)
+    assert np.all(book.accounts[pf.account_idx] == pf.key["account_id"])
+    # rows of one portfolio are sorted by instrument (canonical CSR)
+    for p in range(len(pf)):
+        seg = pf.instrument_idx[pf.indptr[p]:pf.indptr[p + 1]]
+        assert np.all(np.diff(seg) > 0)
+
+
+def test_netting_of_duplicates(clean):
+    as_of, tables = clean
+    book = Book.from_frames(as_of, **tables)
+    n_pairs = tables["positions"].groupby(["account_id", "instrument_id"]).ngroups
+    assert len(book.positions.quantity) == n_pairs
+    np.testing.assert_allclose(book.positions.quantity.sum(), tables["positions"]["quantity"].sum(), rtol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_portfolios_invariant_to_row_order(clean, seed):
+    as_of, tables = clean
+    rng = np.random.default_rng(seed)
+    base = Book.from_frames(as_of, **tables)
+    shuffled = dict(tables)
+    shuffled["positions"] = tables["positions"].iloc[rng.permutation(len(tables["positions"]))]
+    shuffled["balances"] = tables["balances"].iloc[rng.permutation(len(tables["balances"]))]
+    shuffled["market"] = tables["market"].iloc[rng.permutation(len(tables["market"]))]
+    other = Book.from_frames(as_of, **shuffled)
+    for by in GROUPINGS:
+        a, b = base.portfolios(by=by), other.portfolios(by=by)
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.instrument_idx, b.instrument_idx)
+        np.testing.assert_allclose(a.quantity, b.quantity, rtol=1e-12)
+        for k in a.key:
+            np.testing.assert_array_equal(a.key[k], b.key[k])
+    np.testing.assert_array_equal(base.market.underlying_price, other.market.underlying_price)
+    # permuting the instruments table changes indices, not the portfolios' content
+    perm = dict(tables)
+    perm["instruments"] = tables["instruments"].iloc[rng.permutation(len(tables["instruments"]))]
+    third = Book.from_frames(as_of, **perm)
+    for by in GROUPINGS:
+        pd.testing.assert_frame_equal(_actual(base, by), _actual(third, by), check_exact=False, rtol=1e-12)
