@@ -231,6 +231,8 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         sub_stats = {k[len(name) + 1 :]: v for k, v in stats.items() if k.startswith(name + "/")}
         res = mod.finalize(sp, sub_stats)
         tables[name] = res.tables["margin"]
+        if "risk_vectors" in res.tables:
+            tables[f"{name}_risk_vectors"] = res.tables["risk_vectors"]
         summary[name] = res.summary
         m = res.tables["margin"]
         if name == "okx":
