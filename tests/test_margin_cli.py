@@ -141,3 +141,17 @@ def test_module_is_callable(book_dir, scen_file):
     b = gm.compute(book, model="measures", scenarios=s, backend="reference")
     pd.testing.assert_frame_equal(a.tables["margin"], b.tables["margin"])
     assert a.summary["backend"] == "reference"
+
+
+def test_unusable_backend_is_a_clean_error(book_dir, scen_file, tmp_path, capsys):
+    from gpurisk import backends
+
+    try:
+        backends.get("gpu")
+        pytest.skip("a GPU is usable here")
+    except backends.BackendUnavailable:
+        pass
+    rc = main(["margin", str(book_dir), "--model", "measures", "--scenarios", str(scen_file), "--backend", "gpu",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "gpu" in err and len(err.splitlines()) == 1

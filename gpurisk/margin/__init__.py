@@ -46,14 +46,19 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
     backend: a name (``reference``, ``cpu``, ``gpu``, ``auto``) or an ``Engine``.
     The summary gains ``backend``, ``gpu_fallbacks`` and timings.
     """
-    from ..backends import Engine
+    from ..backends import BackendUnavailable, Engine
     from .plan import execute
 
     mod = get_model(model)
     if params is None or isinstance(params, (str, bytes)) or hasattr(params, "__fspath__"):
         params = mod.load_params(None if params is None else str(params))
+    if not isinstance(backend, Engine):
+        try:
+            backend = Engine(backend)
+        except (BackendUnavailable, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
     p = mod.plan(book, params, scenarios)
-    stats, metrics = execute(p, backend if isinstance(backend, Engine) else Engine(backend))
+    stats, metrics = execute(p, backend)
     result = mod.finalize(p, stats)
     result.summary.update(metrics)
     return result
