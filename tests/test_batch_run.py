@@ -61,7 +61,7 @@ def test_matches_in_process_reference(job, client2):
     assert len(man["chunks"]) == rep.counts["chunks_total"]
     assert set(man["inputs"]) >= {"job", "book/positions.parquet", "book/book.toml"}
     assert man["counts"]["balanced"] and man["counts"]["accounts"] == N_ACCOUNTS
-    assert (rep.run_dir / "metrics.prom").is_file() and (job.output / "metrics.prom").is_file()
+    assert (rep.run_dir / "metrics.prom").is_file() and (job.output / "gpurisk_toy.prom").is_file()
 
 
 def test_second_run_is_byte_identical(job, client2):
@@ -148,7 +148,7 @@ def test_failing_task_fails_run_with_one_line(job, client2, monkeypatch):
     with pytest.raises(JobError) as err:
         _run(job, client2)
     assert "ValueError: model exploded second line" in str(err.value) and "\n" not in str(err.value)
-    prom = (job.output / "metrics.prom").read_text()
+    prom = (job.output / "gpurisk_toy.prom").read_text()
     assert 'gpurisk_run_success{job="toy"} 0' in prom
 
 

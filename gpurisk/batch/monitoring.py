@@ -2,8 +2,9 @@
 
 ``metrics.prom`` uses the Prometheus text exposition format (``# HELP`` and
 ``# TYPE`` lines) for the node_exporter textfile collector; it is written
-atomically into the run folder and copied to ``OUTPUT/metrics.prom`` (point the
-collector's ``--collector.textfile.directory`` at OUTPUT).
+atomically into the run folder and copied to ``OUTPUT/gpurisk_<job>.prom`` (point
+the collector's ``--collector.textfile.directory`` at OUTPUT; one file per job, so
+jobs sharing an output folder do not overwrite each other's metrics).
 
 Alerts are JSON objects appended to ``OUTPUT/alerts.jsonl`` and, when a webhook
 URL is configured, POSTed as JSON (``Content-Type: application/json``) with a
@@ -99,12 +100,12 @@ def run_metrics(report: dict) -> list[Metric]:
     return ms
 
 
-def write_metrics(report: dict, run_dir: Path | None, out_dir: Path) -> str:
-    """Write ``metrics.prom`` into the run folder (if any) and ``out_dir``; returns the text."""
+def write_metrics(report: dict, run_dir: Path | None, latest: Path) -> str:
+    """Write ``metrics.prom`` into the run folder (if any) and the job's ``latest`` file; returns the text."""
     text = exposition(run_metrics(report))
     if run_dir is not None:
         atomic.write_text(Path(run_dir) / "metrics.prom", text)
-    atomic.write_text(Path(out_dir) / "metrics.prom", text)
+    atomic.write_text(Path(latest), text)
     return text
 
 

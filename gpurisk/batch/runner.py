@@ -391,6 +391,8 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
                 f.release()
 
     # ---- finalize and write
+    used = sorted({str(m.get("backend")) for m in chunk_meta.values()} | {engine.name})
+    report.backend = ",".join(used) if backend == used[0] or len(used) > 1 else f"{backend}->{used[0]}"
     report.counts.update(
         chunks_total=n_total,
         chunks_resumed=sum(1 for m in chunk_meta.values() if m["resumed"]),
@@ -464,8 +466,8 @@ def _finish(job, out, run_dir, man, report, stage, t_start):
         if run_dir is not None:
             manifest.write_manifest(run_dir, man)
         d = report.as_dict()
-        monitoring.write_metrics(d, run_dir, out)
-        last = out / "last_run.json"
+        monitoring.write_metrics(d, run_dir, out / f"gpurisk_{_safe(job.name)}.prom")
+        last = out / f"last_run-{_safe(job.name)}.json"
         previous = None
         if last.is_file():
             import json
@@ -480,6 +482,10 @@ def _finish(job, out, run_dir, man, report, stage, t_start):
             atomic.write_json(last, {k: d[k] for k in ("job", "run_id", "finished", "total_im", "calls", "counts")})
     except OSError as exc:
         log.error("could not write the run's manifest/metrics/alerts: %s", exc)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def format_summary(report: RunReport) -> str:

@@ -11,7 +11,10 @@ Sample books are generated once per (accounts, seed, as_of) into
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import importlib
 import inspect
 import os
@@ -22,6 +25,8 @@ from types import MappingProxyType
 
 from ..config import BookSource, JobConfig, ModelJob, ScenarioSpec
 from ..errors import BookError, ConfigError
+
+log = logging.getLogger("gpurisk.batch")
 
 
 def latest_snapshot(folder: Path) -> Path:
@@ -61,7 +66,10 @@ def ensure_sample(out: Path, source: BookSource, generate_cli=None) -> Path:
             argv += ["--as-of", s.as_of]
         if generate_cli is None:
             from ..cli import main as generate_cli
-        rc = generate_cli(argv)
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said):
+            rc = generate_cli(argv)
+        log.info("sample book: %s", " ".join(said.getvalue().split()).replace(str(tmp), str(target)))
         if rc:
             raise BookError(f"generating the sample book ({s.accounts} accounts, seed {s.seed}) failed with exit code {rc}")
         (tmp / ".complete").write_text("ok\n")
@@ -156,6 +164,16 @@ def _coerce(value, current, where: str):
     return value
 
 
+#: generator name -> (module in gpurisk.scenarios, candidate function names)
+GENERATOR_FUNCTIONS = {
+    "grid": ("grid", ("generate", "exchange_grid")),
+    "span16": ("grid", ("span16", "span_grid")),
+    "historical": ("historical", ("generate", "historical_scenarios")),
+    "montecarlo": ("montecarlo", ("generate", "monte_carlo_scenarios")),
+    "stress": ("stress", ("generate", "named_stress")),
+}
+
+
 def scenario_set(spec: ScenarioSpec, as_of, where: str):
     """One ScenarioSet from a file or a generator; ConfigError/ScenarioError on a bad request."""
     if spec.file is not None:
@@ -164,11 +182,14 @@ def scenario_set(spec: ScenarioSpec, as_of, where: str):
         from ..scenarios.io import read_scenarios
 
         return read_scenarios(str(spec.file))
-    mod_name, fn_name = ("grid", "span16") if spec.generator == "span16" else (spec.generator, "generate")
+    mod_name, names = GENERATOR_FUNCTIONS[spec.generator]
     try:
-        fn = getattr(importlib.import_module(f"gpurisk.scenarios.{mod_name}"), fn_name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"{where}.generator: scenario generator {spec.generator!r} is not available") from None
+        mod = importlib.import_module(f"gpurisk.scenarios.{mod_name}")
+    except ImportError:
+        mod = None
+    fn = next((getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)), None)
+    if fn is None:
+        raise ConfigError(f"{where}.generator: scenario generator {spec.generator!r} is not available")
     kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options.items()}
     sig = inspect.signature(fn)
     if "as_of" in sig.parameters and "as_of" not in kwargs:

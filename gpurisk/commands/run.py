@@ -28,9 +28,21 @@ def add_parser(subparsers):
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(quiet: bool = False) -> None:
-    """Log lines to stderr for the gpurisk loggers; Dask's own logs only from warnings up."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Log lines to stderr for the gpurisk loggers; Dask's own logs only from errors up."""
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ"))
     logging.Formatter.converter = __import__("time").gmtime
     root = logging.getLogger("gpurisk")
