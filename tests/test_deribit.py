@@ -147,7 +147,8 @@ def option_book(tmp_path, legs, as_of="2024-06-17T08:00:00Z", F=60_000.0, name="
     )
 
 
-@pytest.mark.parametrize("K,typ,qty", [(66_000.0, "call", -3.0), (52_000.0, "put", -2.0), (60_000.0, "call", 5.0)])
+@pytest.mark.parametrize("K,typ,qty", [(66_000.0, "call", -3.0), (52_000.0, "put", -2.0), (60_000.0, "call", 5.0),
+                                       (36_000.0, "put", -1_000.0)])
 def test_option_worst_case_matches_hand_computation(tmp_path, K, typ, qty):
     F, vol, dte = 60_000.0, 0.55, 12.0
     as_of = pd.Timestamp("2024-06-17T08:00:00Z")
@@ -166,16 +167,16 @@ def test_option_worst_case_matches_hand_computation(tmp_path, K, typ, qty):
             pnl = qty * (_b76(F1, K, T, _shocked(vol, v, dte, pp), w) / F1 - v0)
             grid.append((-pnl, f"{100 * m:+.4g}% vol {vname}"))
     ext = []
-    for m, f in zip(pp.extended_moves, pp.fractions()):
+    for m in (-0.66, -0.33, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0):
         F1 = F * (1 + m)
-        pnl = qty * (_b76(F1, K, T, _shocked(vol, 0.5, dte, pp), w) / F1 - v0) * f
-        damp = (abs(m) / 0.16 - 1) * 100_000.0 / F
-        ext.append(-math.copysign(max(abs(pnl) - damp, 0.0), pnl))
-    loss, label = max(grid, key=lambda t: t[0])
-    hand = max(loss, max(ext), 0.0)
-    assert row["worst_case"] == pytest.approx(hand, rel=1e-10)
-    if loss >= max(ext):
-        assert row["worst_scenario"] == label
+        pnl = qty * (_b76(F1, K, T, _shocked(vol, 0.5, dte, pp), w) / F1 - v0) * min(1.0, 0.16 / abs(m))
+        damp = (abs(m) / 0.16 - 1) * 100_000.0 / F  # USD dampener in BTC at the index
+        ext.append((-math.copysign(max(abs(pnl) - damp, 0.0), pnl), f"{100 * m:+.4g}% vol up (extended)"))
+    loss, label = max(grid + ext, key=lambda t: t[0])
+    assert row["worst_case"] == pytest.approx(max(loss, 0.0), rel=1e-10)
+    assert row["worst_scenario"] == label
+    if K == 36_000.0:  # a large far-OTM short put: the extended table decides
+        assert label == "-66% vol up (extended)"
     assert row["roll_shock"] == 0.0  # options carry no roll shock
 
 
@@ -193,6 +194,22 @@ def test_short_strangle_requirement_rises_as_expiry_nears(tmp_path):
                            name=f"strangle{days}")
         ims.append(run(book).tables["margin"]["im"].iloc[0])
     assert all(b > a for a, b in zip(ims, ims[1:])), ims
+
+
+def test_delta_shock_beyond_liquidity_threshold(tmp_path):
+    """300 BTC long at 100,000: |delta| 30M USD, 10M above the threshold, shocked at 10 %."""
+    F = 100_000.0
+    ins = pd.DataFrame([["BTC-PERPETUAL", "deribit", "BTC", "perpetual", "inverse", 10.0, "", "", ""]],
+                       columns=INSTRUMENT_COLS)
+    mk = pd.DataFrame({"instrument_id": ["BTC-PERPETUAL"], "underlying_price": [F], "implied_vol": [np.nan]})
+    idx = pd.DataFrame({"underlying": ["BTC"], "price": [F]})
+    pos = pd.DataFrame({"account_id": ["big"], "instrument_id": ["BTC-PERPETUAL"], "quantity": [300 * F / 10.0]})
+    bal = pd.DataFrame({"account_id": ["big"], "venue": ["deribit"], "asset": ["BTC"], "amount": [100.0]})
+    row = run(write_book(tmp_path / "d", "2024-06-17T08:00:00Z", ins, mk, idx, pos, bal)).tables["margin"].iloc[0]
+    assert row["delta_shock"] == pytest.approx(0.1 * (30e6 - 20e6) / F, rel=1e-12)
+    assert row["worst_case"] == pytest.approx(300 * 0.16 / 0.84, rel=1e-12)
+    assert row["roll_shock"] == pytest.approx(300 * 0.01, rel=1e-12)
+    assert row["im"] == pytest.approx(row["worst_case"] + row["roll_shock"] + row["delta_shock"], rel=1e-15)
 
 
 def test_currencies_margined_separately(tmp_path):

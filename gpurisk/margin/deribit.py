@@ -35,12 +35,12 @@ import pandas as pd
 
 from ..backends import MeasureSpec, TailStats
 from ..backends import reference as ref
-from ..book import FUTURE, INVERSE, OPTION, PERPETUAL, STABLECOINS, Book, Portfolios, csr_from_groups
+from ..book import FUTURE, INVERSE, OPTION, PERPETUAL, STABLECOINS, Book
 from ..errors import GpuriskError
 from ..pricing import VOL_MODE_CODES, PricingInputs, VolTerm, _ndtr, pricing_inputs
 from ..scenarios import ScenarioSet
 from .plan import Leg, MarginResult, Plan
-from .venue import load_params_file
+from .venue import check_market, group_portfolios, load_params_file, row_of_entries, take_rows, venue_positions
 
 MODEL = "deribit"
 USD = "USD"
@@ -228,31 +228,7 @@ def extended_scenario(underlying: str, pp: PairParams, j: int) -> ScenarioSet:
 
 
 # ---------------------------------------------------------------------------------------------
-# per-instrument inputs shared with okx
-
-
-def venue_positions(book: Book, venues) -> np.ndarray:
-    """[N] bool: positions held at one of ``venues`` with a non-zero quantity."""
-    pos = book.positions
-    vpos = book.instruments.venue[pos.instrument_idx]
-    return np.isin(vpos, np.asarray(tuple(venues), dtype=object)) & (pos.quantity != 0.0)
-
-
-def check_market(book: Book, inst: np.ndarray, model: str) -> None:
-    """GpuriskError naming the first instrument in ``inst`` with no usable mark or vol."""
-    ins, mkt = book.instruments, book.market
-    fwd = mkt.underlying_price[inst]
-    bad = ~np.isfinite(fwd) | (fwd <= 0.0)
-    is_opt = ins.kind[inst] == OPTION
-    vol = mkt.implied_vol[inst]
-    bad_vol = is_opt & (~np.isfinite(vol) | (vol < 0.0))
-    bad_strike = is_opt & ~(ins.strike[inst] > 0.0)
-    for mask, what in ((bad, "underlying_price"), (bad_vol, "implied_vol"), (bad_strike, "strike")):
-        if mask.any():
-            i = inst[np.argmax(mask)]
-            raise GpuriskError(
-                f"{model}: instrument {ins.instrument_id[i]} has no usable {what} in the market snapshot"
-            )
+# per-instrument inputs
 
 
 def usd_delta_per_contract(pi: PricingInputs) -> np.ndarray:
@@ -275,51 +251,6 @@ def usd_delta_per_contract(pi: PricingInputs) -> np.ndarray:
         d = np.where(live, d_live, d_dead)
         out = np.where(opt, cs * F * d, out)
     return out
-
-
-def take_rows(p: Portfolios, rows: np.ndarray) -> Portfolios:
-    """The portfolios ``rows`` (sorted indices) as a new CSR."""
-    rows = np.asarray(rows, dtype=np.int64)
-    lo, hi = p.indptr[rows], p.indptr[rows + 1]
-    counts = hi - lo
-    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    take = np.repeat(lo - indptr[:-1], counts) + np.arange(indptr[-1])
-    return Portfolios(indptr, p.instrument_idx[take], p.quantity[take], p.account_idx[rows],
-                      {k: np.asarray(v)[rows] for k, v in p.key.items()}, p.grouping)
-
-
-def row_of_entries(p: Portfolios) -> np.ndarray:
-    """[nnz] the portfolio of each CSR entry."""
-    return np.repeat(np.arange(len(p)), np.diff(p.indptr))
-
-
-def group_portfolios(book: Book, sel: np.ndarray, group_cols: dict[str, np.ndarray]):
-    """Split the selected positions by the label columns; yields (labels, local instruments, Portfolios).
-
-    Within each group portfolios are accounts (sorted); instrument indices are local to
-    ``inst`` (the group's sorted unique instruments). The loop runs over groups (a few
-    underlyings/currencies), never over accounts.
-    """
-    pos = book.positions
-    p_ins = pos.instrument_idx[sel]
-    p_acct = pos.account_idx[sel]
-    p_qty = pos.quantity[sel]
-    frame = pd.DataFrame({k: np.asarray(v)[sel] for k, v in group_cols.items()})
-    if frame.empty:
-        return
-    gid = frame.groupby(list(group_cols), sort=True).ngroup().to_numpy()
-    order = np.argsort(gid, kind="stable")
-    bounds = np.flatnonzero(np.diff(gid[order])) + 1
-    for part in np.split(order, bounds):
-        labels = {k: str(frame[k].iloc[part[0]]) for k in group_cols}
-        inst = np.unique(p_ins[part])
-        local = np.searchsorted(inst, p_ins[part]).astype(np.int32)
-        accts, acode = np.unique(p_acct[part], return_inverse=True)
-        indptr, idx, qty = csr_from_groups(acode.astype(np.int64), len(accts), local, p_qty[part])
-        key = {"account_id": book.accounts[accts]}
-        key.update({k: np.full(len(accts), v, dtype=object) for k, v in labels.items()})
-        yield labels, inst, Portfolios(indptr, idx, qty, accts.astype(np.int32), key, "+".join(["account", *group_cols]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +290,10 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
             legs[name] = Leg(name, pi_ext, extended_scenario(u, pp, j), "settlement", ports,
                              MeasureSpec(levels=(0.99,)))
             ext_names.append(name)
-        index_usd = float(book.market.index_price[book.market.index_of(np.array([u], dtype=object))[0]])
+        try:
+            index_usd = float(book.market.index_price[book.market.index_of(np.array([u], dtype=object))[0]])
+        except KeyError:
+            raise GpuriskError(f"{MODEL}: no index price for underlying {u!r} in the book") from None
         coin = c != USD
         # per-contract position size in the settlement currency and the roll rate
         settle_size = np.where(pi.settlement == INVERSE, pi.contract_size / pi.forward, pi.contract_size * pi.forward)
@@ -373,6 +307,20 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
     return Plan(model=MODEL, legs=legs, context={"book": book, "params": params, "groups": groups})
 
 
+def counted_extended(L: np.ndarray, pp: PairParams, cp: CurrencyParams, conv: float) -> np.ndarray:
+    """[n, E] counted extended-table P&L from the simulated P&L ``L`` [n, E] (settlement currency).
+
+    Each scenario counts its fraction, is pulled toward 0 by the dampener
+    ``(|move|/price_range − 1)·extended_dampener`` USD (÷ ``conv``, the index price for a
+    coin), and a remaining profit is credited at ``pnl_offset``.
+    """
+    moves = np.abs(np.asarray(pp.extended_moves, dtype=np.float64))
+    damp = (np.maximum(moves / pp.price_range, 1.0) - 1.0) * cp.extended_dampener / conv
+    Lf = L * pp.fractions()[None, :]
+    Ld = np.sign(Lf) * np.maximum(np.abs(Lf) - damp[None, :], 0.0)
+    return np.where(Ld > 0.0, Ld * cp.pnl_offset, Ld)
+
+
 def _group_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], mm_factor: float):
     """Per-portfolio figures of one (underlying, currency) group, vectorised over accounts."""
     pp: PairParams = g["pair"]
@@ -381,18 +329,12 @@ def _group_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], mm_
     ports = std_leg.portfolios
     st = stats[g["std"]]
     n = len(ports)
-    # extended table: raw P&L per scenario, counted at its fraction, then dampened toward 0
-    moves = np.asarray(pp.extended_moves, dtype=np.float64)
-    frac = pp.fractions()
-    damp = (np.maximum(np.abs(moves) / pp.price_range, 1.0) - 1.0) * cp.extended_dampener / g["conv"]
+    # extended table: each one-scenario leg's "worst" is minus its raw P&L
     if g["ext"]:
-        L = -np.stack([stats[name].worst for name in g["ext"]], axis=1)  # [P, E] raw P&L
+        L = -np.stack([stats[name].worst for name in g["ext"]], axis=1)  # [P, E]
     else:
         L = np.zeros((n, 0))
-    Lf = L * frac[None, :]
-    Ld = np.sign(Lf) * np.maximum(np.abs(Lf) - damp[None, :], 0.0)
-    Ld = np.where(Ld > 0.0, Ld * cp.pnl_offset, Ld)
-    losses = np.concatenate([st.worst[:, None], -Ld], axis=1)  # [P, 1+E]
+    losses = np.concatenate([st.worst[:, None], -counted_extended(L, pp, cp, g["conv"])], axis=1)  # [P, 1+E]
     k = np.argmax(losses, axis=1)
     worst = np.maximum(losses[np.arange(n), k], 0.0)
     std_labels = std_leg.scenarios.label
@@ -438,7 +380,8 @@ def _equity(book: Book, rows: pd.DataFrame) -> np.ndarray:
 def risk_vectors(plan: Plan, table: pd.DataFrame, top: int) -> pd.DataFrame:
     """Scenario P&L (raw and counted) of the ``top`` largest requirements (by IM in USD).
 
-    Revalues only those few portfolios with the NumPy reference backend.
+    Revalues only those few portfolios with the NumPy reference backend; ``pnl`` is the
+    simulated P&L, ``counted_pnl`` after profit credit, extended fractions and dampener.
     """
     cols = ["account_id", "venue", "currency", "underlying", "table", "scenario_id", "label", "price_shock",
             "vol_shock", "pnl", "counted_pnl"]
@@ -451,44 +394,30 @@ def risk_vectors(plan: Plan, table: pd.DataFrame, top: int) -> pd.DataFrame:
         rows = np.sort(pick.loc[pick["_group"] == gi, "_row"].to_numpy())
         if len(rows) == 0:
             continue
-        std_leg = legs[g["std"]]
-        sub = take_rows(std_leg.portfolios, rows)
         cp, pp = g["ccy"], g["pair"]
-        P = ref.revalue(std_leg.pricing, std_leg.scenarios, "settlement")
-        L = ref.portfolio_pnl(sub, P)  # [n, S]
-        sc = std_leg.scenarios
-        counted = np.where(L > 0.0, L * cp.pnl_offset, L)
-        parts = [(L, counted, sc, "standard")]
+        std = legs[g["std"]].scenarios
+        sub = take_rows(legs[g["std"]].portfolios, rows)
+
+        def pnl(name):
+            return ref.portfolio_pnl(sub, ref.revalue(legs[name].pricing, legs[name].scenarios, "settlement"))
+
+        L = pnl(g["std"])  # [n, 27]
+        blocks = [("standard", L, np.where(L > 0.0, L * cp.pnl_offset, L), std.scenario_id, std.label,
+                   std.price_shock[:, 0], std.vol_shock[:, 0])]
         if g["ext"]:
-            Le = np.concatenate([ref.portfolio_pnl(sub, ref.revalue(legs[nm].pricing, legs[nm].scenarios, "settlement"))
-                                 for nm in g["ext"]], axis=1)
-            moves = np.asarray(pp.extended_moves)
-            damp = (np.maximum(np.abs(moves) / pp.price_range, 1.0) - 1.0) * cp.extended_dampener / g["conv"]
-            Lf = Le * pp.fractions()[None, :]
-            Ld = np.sign(Lf) * np.maximum(np.abs(Lf) - damp[None, :], 0.0)
-            Ld = np.where(Ld > 0.0, Ld * cp.pnl_offset, Ld)
-            parts.append((Le, Ld, None, "extended"))
-        for Lx, Cx, scx, tab in parts:
-            if tab == "standard":
-                sids, labels, ps, vs = scx.scenario_id, scx.label, scx.price_shock[:, 0], scx.vol_shock[:, 0]
-            else:
-                ps = np.asarray(pp.extended_moves, dtype=np.float64)
-                sids = np.array([legs[nm].scenarios.scenario_id[0] for nm in g["ext"]], dtype=object)
-                labels = np.array([legs[nm].scenarios.label[0] for nm in g["ext"]], dtype=object)
-                vs = np.full(len(ps), pp.volatility_range_up)
+            Le = np.concatenate([pnl(name) for name in g["ext"]], axis=1)  # [n, E]
+            ext = [legs[name].scenarios for name in g["ext"]]
+            blocks.append(("extended", Le, counted_extended(Le, pp, cp, g["conv"]),
+                           np.array([e.scenario_id[0] for e in ext], dtype=object),
+                           np.array([e.label[0] for e in ext], dtype=object),
+                           np.array([e.price_shock[0, 0] for e in ext]), np.array([e.vol_shock[0, 0] for e in ext])))
+        for tab, Lx, Cx, sids, labels, ps, vs in blocks:
             n, S = Lx.shape
             out.append(pd.DataFrame({
-                "account_id": np.repeat(sub.key["account_id"], S),
-                "venue": g["venue"],
-                "currency": g["currency"],
-                "underlying": g["underlying"],
-                "table": tab,
-                "scenario_id": np.tile(sids, n),
-                "label": np.tile(labels, n),
-                "price_shock": np.tile(ps, n),
-                "vol_shock": np.tile(vs, n),
-                "pnl": Lx.ravel(),
-                "counted_pnl": Cx.ravel(),
+                "account_id": np.repeat(sub.key["account_id"], S), "venue": g["venue"], "currency": g["currency"],
+                "underlying": g["underlying"], "table": tab, "scenario_id": np.tile(sids, n),
+                "label": np.tile(labels, n), "price_shock": np.tile(ps, n), "vol_shock": np.tile(vs, n),
+                "pnl": Lx.ravel(), "counted_pnl": Cx.ravel(),
             }))
     if not out:
         return pd.DataFrame(columns=cols)

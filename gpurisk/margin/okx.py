@@ -30,9 +30,8 @@ from ..backends import MeasureSpec, TailStats
 from ..book import FUTURE, OPTION, PERPETUAL, SPOT, STABLECOINS, Book
 from ..pricing import VOL_MODE_CODES, VolTerm, pricing_inputs
 from ..scenarios import ScenarioSet
-from .deribit import check_market, group_portfolios, row_of_entries, venue_positions
 from .plan import Leg, MarginResult, Plan
-from .venue import load_params_file
+from .venue import check_market, group_portfolios, load_params_file, row_of_entries, venue_positions
 
 MODEL = "okx"
 OTHERS = "others"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends import TailStats
-from ..book import SPOT, STABLECOINS, Book
+from ..book import OPTION, SPOT, STABLECOINS, Book, Portfolios, csr_from_groups
 from ..errors import ConfigError, GpuriskError
 from .params import build as build_params
 from .plan import MarginResult, Plan
@@ -73,6 +73,79 @@ def load_params_file(cls, path):
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     return build_params(cls, _overlay(_plain(cls()), data), str(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the venue replicas (deribit, okx)
+
+
+def venue_positions(book: Book, venues) -> np.ndarray:
+    """[N] bool: positions held at one of ``venues`` with a non-zero quantity."""
+    pos = book.positions
+    vpos = book.instruments.venue[pos.instrument_idx]
+    return np.isin(vpos, np.asarray(tuple(venues), dtype=object)) & (pos.quantity != 0.0)
+
+
+def check_market(book: Book, inst: np.ndarray, model: str) -> None:
+    """GpuriskError naming the first instrument in ``inst`` with no usable mark or vol."""
+    ins, mkt = book.instruments, book.market
+    fwd = mkt.underlying_price[inst]
+    bad = ~np.isfinite(fwd) | (fwd <= 0.0)
+    is_opt = ins.kind[inst] == OPTION
+    vol = mkt.implied_vol[inst]
+    bad_vol = is_opt & (~np.isfinite(vol) | (vol < 0.0))
+    bad_strike = is_opt & ~(ins.strike[inst] > 0.0)
+    for mask, what in ((bad, "underlying_price"), (bad_vol, "implied_vol"), (bad_strike, "strike")):
+        if mask.any():
+            i = inst[np.argmax(mask)]
+            raise GpuriskError(
+                f"{model}: instrument {ins.instrument_id[i]} has no usable {what} in the market snapshot"
+            )
+
+
+def take_rows(p: Portfolios, rows: np.ndarray) -> Portfolios:
+    """The portfolios ``rows`` (sorted indices) as a new CSR."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lo, hi = p.indptr[rows], p.indptr[rows + 1]
+    counts = hi - lo
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    take = np.repeat(lo - indptr[:-1], counts) + np.arange(indptr[-1])
+    return Portfolios(indptr, p.instrument_idx[take], p.quantity[take], p.account_idx[rows],
+                      {k: np.asarray(v)[rows] for k, v in p.key.items()}, p.grouping)
+
+
+def row_of_entries(p: Portfolios) -> np.ndarray:
+    """[nnz] the portfolio of each CSR entry."""
+    return np.repeat(np.arange(len(p)), np.diff(p.indptr))
+
+
+def group_portfolios(book: Book, sel: np.ndarray, group_cols: dict[str, np.ndarray]):
+    """Split the selected positions by the label columns; yields (labels, local instruments, Portfolios).
+
+    Within each group portfolios are accounts (sorted); instrument indices are local to
+    ``inst`` (the group's sorted unique instruments). The loop runs over groups (a few
+    underlyings/currencies), never over accounts.
+    """
+    pos = book.positions
+    p_ins = pos.instrument_idx[sel]
+    p_acct = pos.account_idx[sel]
+    p_qty = pos.quantity[sel]
+    frame = pd.DataFrame({k: np.asarray(v)[sel] for k, v in group_cols.items()})
+    if frame.empty:
+        return
+    gid = frame.groupby(list(group_cols), sort=True).ngroup().to_numpy()
+    order = np.argsort(gid, kind="stable")
+    bounds = np.flatnonzero(np.diff(gid[order])) + 1
+    for part in np.split(order, bounds):
+        labels = {k: str(frame[k].iloc[part[0]]) for k in group_cols}
+        inst = np.unique(p_ins[part])
+        local = np.searchsorted(inst, p_ins[part]).astype(np.int32)
+        accts, acode = np.unique(p_acct[part], return_inverse=True)
+        indptr, idx, qty = csr_from_groups(acode.astype(np.int64), len(accts), local, p_qty[part])
+        key = {"account_id": book.accounts[accts]}
+        key.update({k: np.full(len(accts), v, dtype=object) for k, v in labels.items()})
+        yield labels, inst, Portfolios(indptr, idx, qty, accts.astype(np.int32), key, "+".join(["account", *group_cols]))
 
 
 # ---------------------------------------------------------------------------------------------
