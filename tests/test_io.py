@@ -267,3 +267,23 @@ def test_cli_entry_point_subprocess(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "missing table 'market'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_documented_example_book_loads(tmp_path):
+    """The tiny example in docs/data-format.md is a complete, clean book (and is the fixture's book)."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-format.md").read_text(encoding="utf-8")
+    blocks = dict(re.findall(r"`(\w+)\.csv`:\n\n```csv\n(.*?)```", doc, flags=re.S))
+    assert sorted(blocks) == sorted(TABLES)
+    book = tmp_path / "doc_book"
+    book.mkdir()
+    for name, text in blocks.items():
+        (book / f"{name}.csv").write_text(text)
+    toml = re.search(r"`book.toml`:\n\n```toml\n(.*?)```", doc, flags=re.S).group(1)
+    (book / "book.toml").write_text(toml)
+    lb = load_book(book, strict=True)
+    assert lb.summary["total_rejected"] == 0
+    ref = load_book(_tiny_dir(tmp_path)).book
+    np.testing.assert_array_equal(lb.book.positions.quantity, ref.positions.quantity)
+    np.testing.assert_array_equal(lb.book.instruments.instrument_id, ref.instruments.instrument_id)

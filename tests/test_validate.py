@@ -124,7 +124,7 @@ def test_clean_book_has_no_rejects_and_builds(tiny):
     assert rejects.empty and summary["total_rejected"] == 0
     book = Book.from_frames(TINY_AS_OF, **clean)
     assert book.n_accounts == 3 and len(book.instruments) == 6
-    np.testing.assert_allclose(np.sort(book.positions.quantity), np.sort([1000, -2.5, 0.5, -465, 30, -12]))
+    np.testing.assert_allclose(np.sort(book.positions.quantity), np.sort([1000, -2.5, 0.5, -4650, 30, -12]))
     assert book.balances.amount.min() == -250.5  # a negative balance (debt) is accepted
     assert clean["instruments"]["kind"].tolist()[0] == "perpetual"
 
