@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.stats import norm
 from test_measures import PRICES, make_book, random_positions
 
@@ -248,3 +250,24 @@ def test_house_on_generated_10k_book(generated_10k):
     assert c["status"].value_counts().to_dict() == {k: v for k, v in s["calls"].items() if k != "ok" and v}
     assert (c["call_amount"] > 0).all() and (m.loc[m["status"] == "ok", "equity"] >= m.loc[m["status"] == "ok", "im"]).all()
     assert s["backend"] in ("cpu", "reference") and s["gpu_fallbacks"] == 0
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1))
+def test_house_order_of_rows_changes_nothing(seed):
+    rng = np.random.default_rng(seed)
+    pos = random_positions(rng, 10, 30)
+    accts = pos["account_id"].unique()
+    bal = pd.DataFrame({"account_id": rng.choice(accts, 12), "venue": rng.choice(["okx", "deribit", "binance"], 12),
+                        "asset": rng.choice(["USDT", "USDC", "BTC", "ETH"], 12), "amount": rng.uniform(0, 5e4, 12)})
+    sset = _sset(300, seed=1)
+
+    def run(p, b):
+        res = gm.compute(make_book(p, b), "house", scenarios=sset, backend="reference")
+        return res.tables["margin"].set_index("account_id").sort_index(), res.summary
+
+    m1, s1 = run(pos, bal)
+    m2, s2 = run(pos.sample(frac=1.0, random_state=seed % 1000).reset_index(drop=True),
+                 bal.sample(frac=1.0, random_state=seed % 997).reset_index(drop=True))
+    pd.testing.assert_frame_equal(m1, m2, rtol=1e-10, atol=1e-8)
+    assert s1["calls"] == s2["calls"]
