@@ -69,6 +69,10 @@ def test_linear_perpetual_and_future_terms(tmp_path):
     assert b["mmr"] == pytest.approx(0.12 * 5 * F + 5 * F * 0.05 * T, rel=1e-12)
     acct_b = m[(m["account_id"] == "b") & (m["level"] == "account")].iloc[0]
     assert acct_b["imr"] == pytest.approx(b["imr"], rel=1e-15)
+    assert acct_b["im_usd"] == acct_b["imr"] and acct_b["mm_usd"] == acct_b["mmr"]
+    # im_usd lives on account rows only, so the table total counts each account once
+    assert m["im_usd"].sum() == pytest.approx(m.loc[m["level"] == "risk_unit", "imr"].sum(), rel=1e-12)
+    assert np.isnan(b["im_usd"])
     assert acct_b["equity"] == 100_000.0
     assert acct_b["excess"] == pytest.approx(100_000.0 - b["imr"], rel=1e-12)
 

@@ -16,6 +16,8 @@ OKX-methodology venues, whatever their settlement):
 
 The ``margin`` table holds one row per risk unit (``level = "risk_unit"``) and one per
 account × venue (``level = "account"``: the sum over its risk units, with equity and excess).
+``im``/``mm``/``im_usd``/``mm_usd`` are set on account rows only (NaN on risk-unit rows), so
+summing a column over the table counts every account once.
 """
 
 from __future__ import annotations
@@ -289,10 +291,11 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     margin = pd.concat([units, acct], ignore_index=True)
     margin["model"] = MODEL
     margin["currency"] = "USD"
-    margin["im"] = margin["imr"]
-    margin["mm"] = margin["mmr"]
-    margin["im_usd"] = margin["imr"]
-    margin["mm_usd"] = margin["mmr"]
+    # im/mm (and their USD twins) only on account rows, so a sum over the table counts each
+    # account once; risk-unit rows keep their own figures in imr/mmr
+    acct_rows = margin["level"] == "account"
+    for col, src in (("im", "imr"), ("mm", "mmr"), ("im_usd", "imr"), ("mm_usd", "mmr")):
+        margin[col] = margin[src].where(acct_rows)
     margin["_lvl"] = (margin["level"] == "account").astype(int)
     margin = margin.sort_values(["account_id", "venue", "_lvl", "risk_unit"], kind="stable")[cols].reset_index(drop=True)
     a = margin[margin["level"] == "account"]
