@@ -202,3 +202,19 @@ def test_known_underlyings_can_be_extended(tmp_path):
     with pytest.raises(ScenarioError, match="AVAX"):
         read_scenarios(p)
     assert read_scenarios(p, known_underlyings=["AVAX"]).underlyings == ("AVAX",)
+
+
+def test_the_documented_csv_example_parses(tmp_path):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scenario-format.md").read_text()
+    csv = doc.split("```csv\n", 1)[1].split("```", 1)[0]
+    meta = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "reg_stress_2026.csv"
+    p.write_text(csv)
+    sidecar_path(p).write_text(meta)
+    s = read_scenarios(p)
+    assert s.underlyings == ("BTC", "ETH", "USDT") and list(s.scenario_id) == ["crash", "depeg"]
+    np.testing.assert_array_equal(s.price_shock, [[-0.35, -0.45, 0.0], [0.0, 0.0, -0.10]])
+    assert list(s.vol_mode) == [VOL_ABSOLUTE, VOL_RELATIVE]
+    assert s.kind == "stress" and s.horizon_days == 2.0

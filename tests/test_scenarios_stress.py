@@ -148,3 +148,32 @@ def test_bad_toml_and_duplicate_ids(tmp_path):
         named_stress(extra=[{"id": "crash_30"}])
     with pytest.raises(ScenarioError, match="not found"):
         stress_from_toml(tmp_path / "none.toml")
+
+
+def test_user_scenarios_on_a_subset_with_another_stablecoin():
+    s = named_stress(coins=("BTC", "ETH"), extra=[
+        {"id": "usdc", "price_shock": {"USDC": -0.08}},
+        {"id": "alt", "price_shock": {"*": -0.5}},
+    ])
+    assert s.underlyings == ("BTC", "ETH", "USDT", "USDC")
+    ids = list(s.scenario_id)
+    np.testing.assert_array_equal(s.price_shock[ids.index("usdc")], [0, 0, 0, -0.08])
+    np.testing.assert_array_equal(s.price_shock[ids.index("alt")], [-0.5, -0.5, 0, 0])
+    assert np.all(s.price_shock[: ids.index("usdc"), 3] == 0)  # USDC unshocked in the named scenarios
+    with pytest.raises(ScenarioError, match="not in this set"):
+        named_stress(coins=("BTC",), extra=[{"id": "x", "price_shock": {"SOL": -0.5}}])
+
+
+def test_the_documented_toml_example_parses(tmp_path):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scenario-format.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "mine.toml"
+    p.write_text(block)
+    s = stress_from_toml(p)
+    assert list(s.scenario_id) == ["alt_crash", "usdc_depeg"]
+    assert s.price_shock[0, s.underlyings.index("BTC")] == -0.30
+    assert s.price_shock[0, s.underlyings.index("SOL")] == -0.50
+    assert s.price_shock[1, s.underlyings.index("USDC")] == -0.08
+    assert s.source == "desk stress 2026-Q1"

@@ -117,12 +117,16 @@ def build(args):
         if not args.definition:
             raise ScenarioError("--only-definition needs --definition FILE.toml")
         return stress.stress_from_toml(args.definition)
-    base = stress.named_stress(_coins(args.underlyings, COINS), hypothetical=not args.no_hypothetical,
-                               horizon_days=args.horizon_days or 0.0, vol_beta=args.vol_beta)
+    extra, horizon = None, args.horizon_days or 0.0
     if args.definition:
-        user = stress.stress_from_toml(args.definition)
-        return stress.append_user(base, user)
-    return base
+        defn = stress.read_stress_definition(args.definition)
+        extra = defn.get("scenario")
+        if not isinstance(extra, list) or not extra:
+            raise ScenarioError(f"{args.definition}: needs [[scenario]] tables")
+        if args.horizon_days is None:
+            horizon = float(defn.get("horizon_days", 0.0))
+    return stress.named_stress(_coins(args.underlyings, COINS), hypothetical=not args.no_hypothetical,
+                               horizon_days=horizon, vol_beta=args.vol_beta, extra=extra)
 
 
 def run(args) -> int:

@@ -183,38 +183,47 @@ def named_stress(
         metadata={"episodes": notes},
     )
     if extra:
-        more = stress_from_definition({"horizon_days": horizon_days, "scenario": list(extra)}, underlyings=unders)
-        base = _stack(base, more)
+        named = _named_underlyings(extra)
+        more = stress_from_definition(
+            {"horizon_days": horizon_days, "scenario": list(extra)},
+            underlyings=unders + tuple(u for u in STABLECOINS if u in named and u not in unders),
+        )
+        base = append_user(base, more)
     return base
 
 
-def append_user(base: ScenarioSet, user: ScenarioSet) -> ScenarioSet:
-    """Append user scenarios to ``base`` over base's underlyings; same horizon required.
+def _named_underlyings(scen) -> set:
+    return {u for sc in scen if isinstance(sc, dict) for col in ("price_shock", "vol_shock")
+            if isinstance(sc.get(col), dict) for u in sc[col]}
 
-    A user shock on an underlying ``base`` does not cover is an error (it would be lost).
+
+def append_user(base: ScenarioSet, user: ScenarioSet) -> ScenarioSet:
+    """Append user scenarios to ``base``; same horizon required.
+
+    The result covers the union of the underlyings: a column only one side has is
+    a zero shock on the other side's rows.
     """
     if float(user.horizon_days) != float(base.horizon_days):
         raise ScenarioError(
             f"user stress horizon {user.horizon_days:g}d differs from the set's {base.horizon_days:g}d"
         )
-    col = {u: i for i, u in enumerate(user.underlyings)}
-    lost = [u for u in user.underlyings if u not in base.underlyings
-            and (np.any(user.price_shock[:, col[u]] != 0) or np.any(user.vol_shock[:, col[u]] != 0))]
-    if lost:
-        raise ScenarioError(f"user stress shocks {lost}, which are not in this set {list(base.underlyings)}")
-    idx = [col.get(u) for u in base.underlyings]
-    S = user.n_scenarios
+    unders = tuple(base.underlyings) + tuple(u for u in user.underlyings if u not in base.underlyings)
 
-    def pick(a):
-        return np.column_stack([a[:, i] if i is not None else np.zeros(S) for i in idx])
+    def widen(sset: ScenarioSet) -> ScenarioSet:
+        col = {u: i for i, u in enumerate(sset.underlyings)}
+        S = sset.n_scenarios
 
-    aligned = ScenarioSet(
-        underlyings=base.underlyings, price_shock=pick(user.price_shock), vol_shock=pick(user.vol_shock),
-        vol_mode=user.vol_mode, weight=user.weight, pnl_factor=user.pnl_factor, label=user.label,
-        scenario_id=user.scenario_id, horizon_days=base.horizon_days, kind="stress", source=user.source,
-        term=base.term,
-    )
-    return _stack(base, aligned)
+        def pick(a):
+            return np.column_stack([a[:, col[u]] if u in col else np.zeros(S) for u in unders])
+
+        return ScenarioSet(
+            underlyings=unders, price_shock=pick(sset.price_shock), vol_shock=pick(sset.vol_shock),
+            vol_mode=sset.vol_mode, weight=sset.weight, pnl_factor=sset.pnl_factor, label=sset.label,
+            scenario_id=sset.scenario_id, horizon_days=base.horizon_days, kind="stress", source=sset.source,
+            term=base.term, metadata=sset.metadata,
+        )
+
+    return _stack(widen(base), widen(user))
 
 
 def _stack(a: ScenarioSet, b: ScenarioSet) -> ScenarioSet:
@@ -254,7 +263,8 @@ def stress_from_definition(defn: dict, underlyings=None, where: str = "stress de
 
     ``{"horizon_days": 0, "scenario": [{"id", "label", "price_shock": {coin: s, "*": s},
     "vol_shock": {...}, "vol_mode", "weight", "pnl_factor"}, ...]}``; ``"*"`` is the
-    shock of every coin not named (stablecoins only move when named). Underlyings default to COINS + USDT.
+    shock of every coin not named (stablecoins only move when named). Underlyings default to
+    COINS + USDT + any other stablecoin the scenarios name.
     """
     from .io import KNOWN_UNDERLYINGS
 
@@ -263,7 +273,10 @@ def stress_from_definition(defn: dict, underlyings=None, where: str = "stress de
     scen = defn.get("scenario", defn.get("scenarios"))
     if not isinstance(scen, list) or not scen:
         raise ScenarioError(f"{where}: needs a non-empty list 'scenario' ([[scenario]] tables in TOML)")
-    unders = tuple(underlyings) if underlyings is not None else tuple(COINS) + (DEPEG_COIN,)
+    if underlyings is None:  # the coins, USDT, and any other stablecoin a scenario names
+        named = _named_underlyings(scen)
+        underlyings = tuple(COINS) + (DEPEG_COIN,) + tuple(u for u in STABLECOINS if u in named and u != DEPEG_COIN)
+    unders = tuple(underlyings)
     h = _num(defn.get("horizon_days", 0.0), f"{where}: horizon_days")
     if h < 0:
         raise ScenarioError(f"{where}: horizon_days must be >= 0")
@@ -325,18 +338,23 @@ def stress_from_definition(defn: dict, underlyings=None, where: str = "stress de
     )
 
 
-def stress_from_toml(path) -> ScenarioSet:
-    """User stress scenarios from a TOML file (``[[scenario]]`` tables)."""
+def read_stress_definition(path) -> dict:
+    """The parsed TOML stress definition at ``path`` (a dict with a ``scenario`` list)."""
     path = Path(path)
     try:
         defn = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ScenarioError(f"{path}: stress definition not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: not valid TOML ({str(exc).splitlines()[0]})") from None
     defn.setdefault("source", f"user-defined stress from {path.name}")
-    return stress_from_definition(defn, where=str(path))
+    return defn
+
+
+def stress_from_toml(path) -> ScenarioSet:
+    """User stress scenarios from a TOML file (``[[scenario]]`` tables)."""
+    return stress_from_definition(read_stress_definition(path), where=str(path))
 
 
 __all__ = ["Episode", "EPISODES", "named_stress", "append_user", "episode_moves", "proxy_ratio", "stress_from_definition",
-           "stress_from_toml", "DEPEG_COIN"]
+           "stress_from_toml", "read_stress_definition", "DEPEG_COIN"]
