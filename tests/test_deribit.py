@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from gpurisk.book import Book
+from gpurisk.io import load_book
 from gpurisk.margin import deribit
 from gpurisk.margin.plan import execute
 
@@ -33,17 +34,9 @@ def write_book(folder: Path, as_of, instruments, market, index, positions, balan
         df.to_csv(folder / f"{name}.csv", index=False)
     lines = [f'as_of = "{as_of}"', ""] + [f'{name} = "{name}.csv"' for name in tables]
     (folder / "book.toml").write_text("\n".join(lines) + "\n")
-    try:
-        from gpurisk.io import load_book  # the public loader, once it lands
-    except ImportError:
-        load_book = None
-    if load_book is not None:
-        loaded = load_book(str(folder))
-        assert len(loaded.rejects) == 0, loaded.rejects
-        return loaded.book
-    read = {name: pd.read_csv(folder / f"{name}.csv") for name in tables}
-    return Book.from_frames(as_of, read["instruments"], read["market"], read["index"], read["positions"],
-                            read["balances"])
+    loaded = load_book(str(folder))
+    assert len(loaded.rejects) == 0, loaded.rejects
+    return loaded.book
 
 
 def run(book, params=None):
