@@ -76,7 +76,7 @@ def load_params_file(cls, path):
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers shared by the venue replicas (deribit, okx)
+# position selection, CSR grouping and market checks shared by the venue replicas (deribit, okx)
 
 
 def venue_positions(book: Book, venues) -> np.ndarray:
