@@ -324,3 +324,35 @@ def test_stablecoin_underlying_is_unshocked_unless_named():
     assert s2.price_shock[0, idx[1]] == 0.0
     with pytest.raises(ValueError, match="DOGE"):
         sset.columns_for(np.array(["DOGE"], dtype=object))
+
+
+def test_pricing_is_the_same_under_jax():
+    """The formulas are written once against an array namespace: JAX (x64, CPU) gives NumPy's numbers."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpurisk.pricing import NUMERAIRE_CODES, PricingInputs, contract_values
+
+    rows = _option_rows() + [
+        {"id": "PERP", "kind": "perpetual", "settlement": "inverse", "cs": 10.0, "F": 65000.0},
+        {"id": "LIN", "kind": "future", "cs": 0.5, "F": 65500.0, "expiry": "2024-09-27T08:00:00Z"},
+        {"id": "SPOT", "kind": "spot", "cs": 1.0, "F": 65000.0},
+    ]
+    book = make_book(rows)
+    rng = np.random.default_rng(5)
+    shocks = rng.uniform(-0.5, 1.0, (20, 1))
+    sset = make_scenario_set(["BTC"], shocks, rng.normal(0, 0.3, (20, 1)),
+                             vol_mode=rng.integers(0, 3, 20).astype(np.int8), horizon_days=2.0)
+    idx, sset = sset.columns_for(book.instruments.underlying)
+    pi = pricing_inputs(book, idx)
+    with jax.enable_x64(True):
+        arrays = tuple(jnp.asarray(getattr(pi, k)) for k in pi.__dataclass_fields__)
+        for num in ("usd", "settlement"):
+            base, scen = reference.revalue_values(pi, sset, num)
+            sh = jnp.asarray(sset.price_shock.T[pi.underlying_idx])
+            vs = jnp.asarray(sset.vol_shock.T[pi.underlying_idx])
+            fn = jax.jit(lambda arrs, a, b, m: contract_values(jnp, PricingInputs(*arrs), a, b, m, sset.horizon_years,
+                                                               sset.term, NUMERAIRE_CODES[num]))
+            bj, sj = fn(arrays, sh, vs, jnp.asarray(sset.vol_mode))
+            np.testing.assert_allclose(np.asarray(bj), base, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(sj), scen, rtol=1e-12, atol=1e-12)
