@@ -170,3 +170,29 @@ def test_empty_chunks_concat_in_order():
     got = TailStats.concat(parts)
     for f in ("worst", "worst_scenario", "var", "es"):
         np.testing.assert_array_equal(getattr(got, f), getattr(whole, f))
+
+
+def test_gpu_tasks_carry_the_resource_and_fall_back_on_cpu_workers(job):
+    """Workers that declare GPU=1 but have no usable GPU: tasks still run, on the CPU, and count fallbacks."""
+    from gpurisk.backends import BackendUnavailable, get
+
+    try:
+        get("gpu")
+        pytest.skip("a usable GPU is present: no fallback to observe")
+    except BackendUnavailable:
+        pass
+    with open_client(workers=1, gpu=True) as c:
+        from gpurisk.batch.cluster import gpu_workers
+
+        assert gpu_workers(c) == 1
+        rep = _run(job, c, backend="gpu")
+    assert rep.counts["gpu_fallbacks"] >= rep.counts["chunks_computed"] > 0
+    man = json.loads((rep.run_dir / "manifest.json").read_text())
+    assert {ch["backend"] for ch in man["chunks"]} == {"cpu"}
+    book = load_book(job.book.path).book
+    plan = toy_plan(book, get_model("house").Params(n_scenarios=300))
+    stats, _ = execute(plan, "reference")
+    want = toy_finalize(plan, stats).tables["margin"]
+    got = pd.read_parquet(rep.run_dir / "house" / "margin.parquet")
+    np.testing.assert_allclose(got["im_usd"], want["im_usd"], rtol=1e-9, atol=1e-6)
+    assert (got["worst_scenario"] == want["worst_scenario"]).all()
