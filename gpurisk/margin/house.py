@@ -356,6 +356,10 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "apc": ctx["apc"],
         "liquidity_fallback_underlyings": ctx["liq_fallback"],
         "scenarios": {k: v for k, v in leg.scenarios.describe().items() if k != "metadata"},
+        "scenario_parts": [
+            {k: part.get(k) for k in ("kind", "n_scenarios", "seed", "source")}
+            for part in leg.scenarios.metadata.get("parts", [])
+        ],
     }
     if "account_venue" in plan.legs:
         vleg = plan.legs["account_venue"]
