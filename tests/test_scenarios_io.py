@@ -218,3 +218,16 @@ def test_the_documented_csv_example_parses(tmp_path):
     np.testing.assert_array_equal(s.price_shock, [[-0.35, -0.45, 0.0], [0.0, 0.0, -0.10]])
     assert list(s.vol_mode) == [VOL_ABSOLUTE, VOL_RELATIVE]
     assert s.kind == "stress" and s.horizon_days == 2.0
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    s = make_scenario_set(["BTC"], [[0.1]])
+    for name in ("a.parquet", "a.csv", "a.csv.meta.json"):
+        if not name.endswith(".json"):
+            write_scenarios(s, tmp_path / name)
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask

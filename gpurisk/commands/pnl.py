@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BookError, ScenarioError
 
 #: bound on the [I, S] block revalued at once, in float64 elements
-BLOCK_ELEMENTS = 4_000_000
+BLOCK_ELEMENTS = 2_000_000
 COLUMNS = ("instrument_id", "scenario_id", "base_value", "scenario_value", "pnl", "numeraire")
 
 
@@ -54,6 +54,9 @@ def pnl_table_writer(book, sset, numeraire: str, path: Path) -> dict:
     sid = np.asarray(sset.scenario_id, dtype=object).astype(str)
     schema = pa.schema([("instrument_id", pa.string()), ("scenario_id", pa.string()), ("base_value", pa.float64()),
                         ("scenario_value", pa.float64()), ("pnl", pa.float64()), ("numeraire", pa.string())])
+    ids_pa = pa.array(ins.instrument_id.astype(str), type=pa.string())
+    sid_pa = pa.array(sid, type=pa.string())
+    num_pa = pa.array(num_name.astype(str), type=pa.string())
     step = max(1, BLOCK_ELEMENTS // max(S, 1))
     stats = {"rows": 0}
 
@@ -73,13 +76,14 @@ def pnl_table_writer(book, sset, numeraire: str, path: Path) -> dict:
                         f"instrument {ins.instrument_id[sl][i]!r}, scenario {sid[j]!r}: non-finite P&L; "
                         "check the book's prices and vols"
                     )
+                rows_i = pa.array(np.repeat(np.arange(sl.start, sl.stop), S))
                 w.write_table(pa.table({
-                    "instrument_id": pa.array(np.repeat(ins.instrument_id[sl].astype(str), S)),
-                    "scenario_id": pa.array(np.tile(sid, n)),
+                    "instrument_id": ids_pa.take(rows_i),
+                    "scenario_id": sid_pa.take(pa.array(np.tile(np.arange(S), n))),
                     "base_value": pa.array(np.repeat(base, S)),
                     "scenario_value": pa.array(scen.reshape(-1)),
                     "pnl": pa.array(pnl.reshape(-1)),
-                    "numeraire": pa.array(np.repeat(num_name[sl].astype(str), S)),
+                    "numeraire": num_pa.take(rows_i),
                 }, schema=schema))
                 stats["rows"] += n * S
             if I == 0:
