@@ -271,3 +271,13 @@ def test_house_order_of_rows_changes_nothing(seed):
                  bal.sample(frac=1.0, random_state=seed % 997).reset_index(drop=True))
     pd.testing.assert_frame_equal(m1, m2, rtol=1e-10, atol=1e-8)
     assert s1["calls"] == s2["calls"]
+
+
+def test_as_of_before_the_history_is_a_clean_error():
+    from gpurisk.errors import ScenarioError
+
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
+    with pytest.raises(ScenarioError, match="BTC"):
+        gm.compute(make_book(pos, as_of="2017-08-18T00:00:00Z"), "house", scenarios=_sset(50), backend="reference")
+    with pytest.raises(ScenarioError, match="indicator"):
+        house.apc_state(pd.Timestamp("2017-08-17"), house.Params(apc_indicator="SOL"))

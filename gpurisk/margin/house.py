@@ -141,8 +141,11 @@ def _long_daily_vol(coin: str, date: pd.Timestamp, days: int) -> float:
 
 def apc_state(date: pd.Timestamp, params: Params) -> dict:
     """The anti-procyclicality buffer rate at ``date``: {buffer_rate, release, vol_ratio, short_vol, long_vol}."""
-    short = _ewma_daily_vol(params.apc_indicator, date, params.vol_lambda)
-    long = _long_daily_vol(params.apc_indicator, date, params.apc_long_days)
+    try:
+        short = _ewma_daily_vol(params.apc_indicator, date, params.vol_lambda)
+        long = _long_daily_vol(params.apc_indicator, date, params.apc_long_days)
+    except KeyError as exc:
+        raise ScenarioError(f"anti-procyclicality indicator: {exc.args[0] if exc.args else exc}") from None
     ratio = short / long
     release = float(np.clip((ratio - 1.0) / (params.apc_release_ratio - 1.0), 0.0, 1.0))
     return {
