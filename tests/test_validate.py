@@ -282,7 +282,7 @@ edit = st.tuples(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(edit, max_size=8), dup_positions=st.lists(st.integers(0, 5), max_size=4))
 def test_no_mix_of_bad_rows_crashes_and_rows_balance(edits, dup_positions):
     t = tiny_tables()
