@@ -291,7 +291,6 @@ class _Universe:
         first = self.opt_rows[self.chain_start[has]]
         self.chain_t[has] = ins["t_years"].to_numpy()[first]
         self.chain_f[has] = ins["underlying_price"].to_numpy()[first]
-        self.chain_has = has
         self.opt_key = self.opt_chain.astype(np.float64) * 1e9 + self.opt_strike
 
     def option(self, venue, coin, exp_i, strike_target, is_put) -> np.ndarray:

@@ -117,6 +117,9 @@ def _fault(book: Path, kind: str) -> str:
     if kind == "not_utf8":
         (book / "index.csv").write_bytes("underlying,price\n\xff\xfeBTC,1\n".encode("latin-1"))
         return "index.csv"
+    if kind == "duplicate_column":
+        (book / "index.csv").write_text("underlying,price,price\nBTC,1,2\n")
+        return "duplicate column(s) price"
     if kind == "missing_toml":
         (book / "book.toml").unlink()
         return "book.toml"
@@ -137,7 +140,7 @@ def _fault(book: Path, kind: str) -> str:
 
 FAULTS = ["missing_folder", "not_a_folder", "missing_table", "both_formats", "missing_column", "empty_table",
           "zero_byte_file", "truncated_csv", "truncated_parquet", "csv_named_parquet", "parquet_named_csv",
-          "not_utf8", "missing_toml", "bad_toml", "missing_as_of", "bad_as_of", "as_of_not_a_time"]
+          "not_utf8", "duplicate_column", "missing_toml", "bad_toml", "missing_as_of", "bad_as_of", "as_of_not_a_time"]
 
 
 def _target(tmp_path, book, kind):
@@ -167,6 +170,13 @@ def test_cli_structural_fault_exits_nonzero_with_one_line(tmp_path, capsys, kind
     assert rc != 0
     assert err.count("\n") == 1 and err.startswith("gpurisk validate: error: ") and fragment in err
     assert "Traceback" not in err
+
+
+def test_bom_and_crlf_csv_reads(tmp_path):
+    p = tmp_path / "index.csv"
+    p.write_bytes(b"\xef\xbb\xbfunderlying,price\r\nBTC,93000\r\nUSDT,1\r\n")
+    df = read_table(p)
+    assert df.columns.tolist() == ["underlying", "price"] and df["price"].tolist() == ["93000", "1"]
 
 
 def test_as_of_as_toml_datetime(tmp_path):
