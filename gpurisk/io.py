@@ -109,8 +109,22 @@ def _read_csv(path: Path) -> pa.Table:
     except BookError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError) as exc:
-        raise BookError(f"{path}: unreadable or truncated CSV: {_first_line(exc)}") from None
+        raise BookError(f"{path}: unreadable or truncated CSV: {_csv_error_detail(path, exc)}") from None
     return table
+
+
+def _csv_error_detail(path: Path, exc: BaseException) -> str:
+    """The parse error, with its line number: a single-threaded re-read names the row (error path only)."""
+    msg = _first_line(exc)
+    if "parse error" not in msg or "Row #" in msg:
+        return msg
+    try:
+        pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as again:
+        detail = _first_line(again)
+        if "Row #" in detail:  # arrow counts the header as row 1, as a file line number
+            return detail.replace("Row #", "line ")
+    return msg
 
 
 def _read_parquet(path: Path) -> pa.Table:

@@ -98,7 +98,7 @@ def _fault(book: Path, kind: str) -> str:
     if kind == "truncated_csv":
         text = (book / "positions.csv").read_text()
         (book / "positions.csv").write_text(text[: text.rindex(",")])  # last row loses its last field
-        return "truncated"
+        return "truncated CSV: CSV parse error: line 7: Expected 3 columns, got 2"
     if kind == "truncated_parquet":
         write_parquet(pd.read_csv(book / "balances.csv"), book / "balances.parquet")
         (book / "balances.csv").unlink()
