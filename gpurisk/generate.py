@@ -25,6 +25,10 @@ Market (``as_of`` default 2024-12-31T08:00:00Z):
   forward, 5× that step to ±40 %, 10× beyond; the range covers ±4 standard
   deviations (at least ±10 %, within 0.2×..4× the forward).
 
+``as_of`` may be any time from 2021-03-25 (DVOL starts 2021-03-24); past the end
+of the data (2024-12-31) the last close and DVOL are reused, and ``meta``
+records their dates (``price_date``, ``dvol_date``).
+
 Venues: ``deribit`` (BTC, ETH inverse perpetuals, futures [10 USD / 1 USD per
 contract] and options [1 coin]); ``okx`` (BTC, ETH, SOL linear USDT perpetuals,
 futures and options, 0.01 BTC / 0.1 ETH / 1 SOL per contract; OKX's real
@@ -175,8 +179,10 @@ def market_inputs(as_of) -> dict:
     dv = marketdata.dvol()
     dv = dv.loc[:prev_day]
     if dv.empty:
-        raise BookError(f"cannot generate a book at {t}: DVOL history starts {marketdata.dvol().index[0].date()}")
-    return {"spot": spot, "dvol": float(dv.iloc[-1]), "price_date": str(prev_day.date()),
+        raise BookError(f"cannot generate a book at {t}: it needs the DVOL of the day before, "
+                        f"and the history starts {marketdata.dvol().index[0].date()}")
+    price_date = min(marketdata.daily_bars(c)["close"].loc[:prev_day].index[-1] for c in COINS)
+    return {"spot": spot, "dvol": float(dv.iloc[-1]), "price_date": str(price_date.date()),
             "dvol_date": str(dv.index[-1].date())}
 
 

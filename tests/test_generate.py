@@ -192,3 +192,9 @@ def test_cli_generate_bad_request(tmp_path, capsys, argv, fragment):
     rc = main(args)
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_meta_records_the_dates_of_the_data_used():
+    g = generate_book(5, 0, "2026-03-01T00:00:00Z")  # past the end of the data: last values, dated
+    assert g["meta"]["price_date"] == "2024-12-31" and g["meta"]["dvol_date"] == "2024-12-31"
+    assert generate_book(5, 0)["meta"]["price_date"] == "2024-12-30"

@@ -33,5 +33,5 @@ def run(args) -> int:
     dt = time.perf_counter() - t0
     print(f"wrote {args.out}: {args.accounts:,} accounts, {len(g['instruments']):,} instruments, "
           f"{len(g['positions']):,} positions, {len(g['balances']):,} balances, as_of {g['meta']['as_of']} "
-          f"({dt:.1f} s)")
+          f"(closes of {g['meta']['price_date']}, DVOL of {g['meta']['dvol_date']}; {dt:.1f} s)")
     return 0
