@@ -38,10 +38,19 @@ def local_gpu_usable() -> bool:
         return False
 
 
+def _workers(client) -> dict:
+    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+    return info.get("workers", {})
+
+
+def n_workers(client) -> int:
+    """How many workers the client's scheduler has now."""
+    return len(_workers(client))
+
+
 def gpu_workers(client) -> int:
     """How many of the client's workers declare a ``GPU`` resource."""
-    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    return sum(1 for w in info.get("workers", {}).values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+    return sum(1 for w in _workers(client).values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
 
 
 def _accepts_n_workers(client) -> bool:
@@ -53,13 +62,23 @@ def _accepts_n_workers(client) -> bool:
         return False
 
 
+def worker_env(threads: int) -> dict[str, str]:
+    """Thread caps for a worker process, so N workers use N × ``threads`` cores, not N × all cores.
+
+    Numba's parallel kernels and BLAS read these when they are first imported, which on a
+    worker happens in its first task.
+    """
+    n = str(max(1, int(threads)))
+    return {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
 @contextlib.contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1,
                 gpu: bool = False, timeout_s: float = 30.0):
     """Yield a ``distributed.Client``: to ``scheduler`` if given, else on a new embedded LocalCluster.
 
     The embedded cluster has ``workers`` processes (default ``default_workers()``)
-    with ``threads_per_worker`` threads each, the dashboard on a free port, and ``GPU=1`` on
+    with ``threads_per_worker`` threads each (and Numba/BLAS capped to as many), the dashboard on a free port, and ``GPU=1`` on
     each worker when ``gpu`` is true. It is closed on exit.
     """
     from distributed import Client, LocalCluster
@@ -82,6 +101,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, thread
         dashboard_address=":0",  # a free port: never clashes with another cluster on the host
         host="127.0.0.1",
         silence_logs=logging.ERROR,
+        env=worker_env(threads_per_worker),
     )
     if gpu:
         kwargs["resources"] = {"GPU": 1}

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,7 +293,7 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
              report, stage, on_chunk):
     from distributed import as_completed
 
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    n_workers = max(1, cluster.n_workers(client))
     report.workers = n_workers
     with stage("load_book"):
         loaded = sources.load_book(book_path, book_loader)
@@ -358,7 +359,9 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
     # ---- chunked tail statistics
     resources = {"GPU": 1} if backend in ("gpu", "auto") and cluster.gpu_workers(client) > 0 else None
     progress = _Progress(n_total, opts.progress)
-    progress.step(len(done)) if done else None
+    if done:
+        progress.step(len(done))
+    attempt = uuid.uuid4().hex[:8]  # fresh task keys per attempt (a resumed run reuses its run id)
     futures = {}
     with stage("tail_stats"):
         for label, leg_name, j, a, b in work:
@@ -366,7 +369,7 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
             key = (label,) + leg.pnl_key()
             fut = client.submit(
                 tasks.tail_stats_chunk, leg.portfolios.slice(a, b), p_futures[key], spec_futures[(label, leg_name)],
-                backend, key=f"tail_stats-{run_dir.name}-{label}-{leg_name}-{a}-{b}", pure=False,
+                backend, key=f"tail_stats-{run_dir.name}-{attempt}-{label}-{leg_name}-{a}-{b}", pure=False,
                 retries=job.retries, resources=resources,
             )
             futures[fut] = (label, leg_name, j, a, b)

@@ -73,9 +73,13 @@ def ensure_sample(out: Path, source: BookSource, generate_cli=None) -> Path:
         if rc:
             raise BookError(f"generating the sample book ({s.accounts} accounts, seed {s.seed}) failed with exit code {rc}")
         (tmp / ".complete").write_text("ok\n")
-        if target.exists():  # an incomplete earlier attempt
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if target.exists() and not (target / ".complete").is_file():  # an incomplete earlier attempt
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / ".complete").is_file():  # not a concurrent run that finished first
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
