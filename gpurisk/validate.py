@@ -79,6 +79,8 @@ def _text(s: pd.Series) -> pd.Series:
 
 def _missing(s: pd.Series) -> np.ndarray:
     """[n] bool: null or empty text."""
+    if s.dtype == object:
+        s = _text(s)
     miss = s.isna().to_numpy(dtype=bool).copy()
     if _is_text(s):
         miss |= (s.str.len() == 0).fillna(True).to_numpy(dtype=bool)
@@ -99,6 +101,7 @@ def _numeric(s: pd.Series):
     if not _is_text(s):  # datetimes and the like
         miss = s.isna().to_numpy()
         return np.full(n, np.nan), miss, ~miss
+    s = _text(s)  # object columns (mixed Python values) become strings
     miss = _missing(s)
     vals = None
     if isinstance(s.dtype, pd.StringDtype):
@@ -108,7 +111,7 @@ def _numeric(s: pd.Series):
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             vals = None
     if vals is None:
-        stripped = s.astype("str").str.strip() if s.dtype == object else s.str.strip()
+        stripped = s.str.strip()
         vals = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.isnan(vals) & ~miss
         if bad.any():

@@ -309,3 +309,16 @@ def test_no_mix_of_bad_rows_crashes_and_rows_balance(edits, dup_positions):
     # every accepted position points at an accepted instrument
     assert clean["positions"]["instrument_id"].isin(clean["instruments"]["instrument_id"]).all()
     assert clean["balances"]["asset"].isin(clean["index"]["underlying"]).all()
+
+
+def test_object_columns_with_python_values(tiny):
+    """DataFrames built in Python may hold mixed objects: numbers, None, NaN; nothing crashes."""
+    tiny["positions"]["quantity"] = pd.Series([1000, -2.5, None, "x", np.nan, 7], dtype=object)
+    tiny["balances"]["amount"] = pd.Series([0.8, 5000, -250.5], dtype=object)
+    tiny["positions"]["account_id"] = pd.Series([1, 1, 2, 2, 3, None], dtype=object)
+    tiny["instruments"]["option_type"] = pd.Series([None, None, "call", None, "put", None], dtype=object)
+    clean, rejects, summary = validate(tiny, TINY_AS_OF)
+    got = rejects[["table", "row", "column", "reason"]].values.tolist()
+    assert got == [["positions", 3, "quantity", "missing_value"], ["positions", 4, "quantity", "wrong_type"],
+                   ["positions", 5, "quantity", "missing_value"], ["positions", 6, "account_id", "missing_value"]]
+    _check_accounting(tiny, rejects, summary)
