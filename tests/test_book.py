@@ -109,3 +109,22 @@ def test_portfolios_invariant_to_row_order(clean, seed):
     third = Book.from_frames(as_of, **perm)
     for by in GROUPINGS:
         pd.testing.assert_frame_equal(_actual(base, by), _actual(third, by), check_exact=False, rtol=1e-12)
+
+
+def test_tiny_book_arrays_by_hand():
+    """The tiny book's arrays against values worked out by hand."""
+    from conftest import TINY_AS_OF, tiny_tables
+
+    clean, rejects, _ = validate(tiny_tables(), TINY_AS_OF)
+    book = Book.from_frames(TINY_AS_OF, **clean)
+    ins = book.instruments
+    assert ins.kind.tolist() == [2, 1, 3, 2, 3, 0] and ins.settlement.tolist() == [1, 1, 1, 0, 0, 0]
+    assert ins.option_type.tolist() == [0, 0, 1, 0, -1, 0]
+    # 2024-12-31T08:00 -> 2025-06-27T08:00 is 178 days, ACT/365
+    np.testing.assert_allclose(book.time_to_expiry(), [0, 178 / 365, 178 / 365, 0, 178 / 365, 0], rtol=0, atol=1e-15)
+    assert list(book.market.underlyings) == ["BTC", "ETH", "USDC", "USDT"]
+    assert book.underlying_idx().tolist() == [0, 0, 0, 0, 1, 0]
+    assert ins.settlement_currency().tolist() == ["BTC", "BTC", "BTC", "USD", "USD", "USD"]
+    pf = book.portfolios("account_settlement")
+    assert list(zip(pf.key["account_id"], pf.key["currency"])) == [("A1", "BTC"), ("A2", "BTC"), ("A2", "USD"),
+                                                                    ("A3", "USD")]
