@@ -196,3 +196,18 @@ def test_gpu_tasks_carry_the_resource_and_fall_back_on_cpu_workers(job):
     got = pd.read_parquet(rep.run_dir / "house" / "margin.parquet")
     np.testing.assert_allclose(got["im_usd"], want["im_usd"], rtol=1e-9, atol=1e-6)
     assert (got["worst_scenario"] == want["worst_scenario"]).all()
+
+
+def test_snapshots_source_takes_the_latest_and_records_params(tmp_path, client2):
+    snaps = tmp_path / "snaps"
+    write_book_folder(snaps / "2026-11-21T0800Z", 30, seed=1)
+    write_book_folder(snaps / "2026-11-21T1200Z", 50, seed=2)
+    (snaps / "2026-11-21T1600Z.tmp").mkdir()  # a snapshot still being written is ignored
+    p = write_job(tmp_path, n_scenarios=100)
+    p.write_text(p.read_text().replace('path = "book"', 'snapshots = "snaps"'))
+    rep = _run(load_job(p), client2)
+    assert rep.counts["accounts"] == 50
+    man = json.loads((rep.run_dir / "manifest.json").read_text())
+    assert man["book"].endswith("2026-11-21T1200Z")
+    assert man["models"]["house"]["params"]["n_scenarios"] == 100
+    assert man["models"]["house"]["scenarios"]["account"]["n_scenarios"] == 100

@@ -16,6 +16,7 @@ Nothing here loops over accounts: the unit of work is a chunk of portfolios.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
@@ -312,6 +313,12 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
         with stage("plan"):
             plans[mj.label] = module.plan(book, params, scen)
         modules[mj.label] = module
+        man.setdefault("models", {})[mj.label] = {
+            "name": mj.name,
+            "params": dataclasses.asdict(params) if dataclasses.is_dataclass(params) else repr(params),
+            "scenarios": {leg_name: {k: v for k, v in leg.scenarios.describe().items() if k != "metadata"}
+                          for leg_name, leg in plans[mj.label].legs.items()},
+        }
 
     # ---- chunk plan and checkpoints
     ck_dir = run_dir / "chunks"
