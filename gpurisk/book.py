@@ -178,6 +178,15 @@ def csr_from_groups(group: np.ndarray, n_groups: int, instrument_idx: np.ndarray
     return indptr, instrument_idx[order].astype(np.int32), quantity[order].astype(np.float64)
 
 
+def _lookup(keys: np.ndarray, values: pd.Series) -> np.ndarray:
+    """[n] int64 position of each value in ``keys`` (−1 if absent), via Arrow's hash lookup."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pos = pc.index_in(pa.array(values.astype(str).to_numpy(dtype=object)), value_set=pa.array(keys.astype(str)))
+    return pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Book:
     """A risk team's whole book at one as-of time."""
@@ -270,14 +279,13 @@ class Book:
             implied_vol=pd.to_numeric(mk.get("implied_vol", pd.Series(np.nan, index=mk.index)), errors="coerce")
             .to_numpy(dtype=np.float64),
         )
-        # accounts over positions and balances
+        # accounts over positions and balances: one sorted factorisation of both columns
+        n_pos = len(positions)
         acct_all = pd.concat([positions["account_id"].astype(str), balances["account_id"].astype(str)], ignore_index=True)
-        accounts = np.asarray(pd.unique(acct_all), dtype=object)
-        accounts.sort()
-        acct_index = pd.Index(accounts)
-        ins_index = pd.Index(ids)
-        p_acct = acct_index.get_indexer(positions["account_id"].astype(str)).astype(np.int64)
-        p_ins = ins_index.get_indexer(positions["instrument_id"].astype(str)).astype(np.int64)
+        acct_codes, accounts = pd.factorize(acct_all, sort=True)
+        accounts = np.asarray(accounts, dtype=object)
+        p_acct = acct_codes[:n_pos].astype(np.int64)
+        p_ins = _lookup(ids, positions["instrument_id"])
         if (p_ins < 0).any():
             raise KeyError("positions reference instruments not in the instruments table; validate the book first")
         qty = positions["quantity"].to_numpy(dtype=np.float64)
@@ -291,7 +299,7 @@ class Book:
             quantity=q_net,
         )
         bal = Balances(
-            account_idx=acct_index.get_indexer(balances["account_id"].astype(str)).astype(np.int32),
+            account_idx=acct_codes[n_pos:].astype(np.int32),
             venue=balances["venue"].astype(str).to_numpy(dtype=object),
             asset=balances["asset"].astype(str).to_numpy(dtype=object),
             amount=balances["amount"].to_numpy(dtype=np.float64),
