@@ -39,8 +39,12 @@ name = "cpu"
 
 #: bytes of the P tile kept hot in cache (a share of the 32 MiB L3 of a typical server core complex)
 TILE_BYTES = 4 << 20
-#: bound on the per-chunk heap state (m candidates per portfolio)
+#: bound on the per-chunk candidate state (2m losses and scenario indices per portfolio)
 STATE_BYTES = 256 << 20
+#: the starting floor comes from every SAMPLE_STRIDE-th scenario ...
+SAMPLE_STRIDE = 16
+#: ... at the rank where SAMPLE_MARGIN·m losses of all S are expected above it
+SAMPLE_MARGIN = 3.0
 
 try:  # numba is a hard dependency, but the backend still reports cleanly without it
     import numba
@@ -149,15 +153,63 @@ if numba is not None:
                     else:
                         out[i, s] = d1p - 0.0
 
-    # ---- bounded heap of (loss, scenario) pairs; the root is the "smallest" entry ----
-    # a ranks below b when a.loss < b.loss, or the losses tie and a has the larger index.
+    # ---- candidate sets of (loss, scenario) pairs ----
+    # a ranks below b when a.loss < b.loss, or the losses tie and a has the larger index
+    # (the reference's stable descending order).
 
     @njit(cache=True, fastmath=False, inline="always")
     def _below(xa, ia, xb, ib):
         return xa < xb or (xa == xb and ia > ib)
 
     @njit(cache=True, fastmath=False)
+    def _swap(cx, ci, a, b):
+        tx = cx[a]
+        ti = ci[a]
+        cx[a] = cx[b]
+        ci[a] = ci[b]
+        cx[b] = tx
+        ci[b] = ti
+
+    @njit(cache=True, fastmath=False)
+    def _keep_top(cx, ci, n, m):
+        """Quickselect: move the m best-ranked of the n entries to the front (any order); m < n."""
+        lo = 0
+        hi = n - 1
+        while lo < hi:
+            mid = (lo + hi) // 2  # median of three as the pivot, parked at hi
+            if _below(cx[lo], ci[lo], cx[mid], ci[mid]):
+                _swap(cx, ci, lo, mid)
+            if _below(cx[lo], ci[lo], cx[hi], ci[hi]):
+                _swap(cx, ci, lo, hi)
+            if _below(cx[hi], ci[hi], cx[mid], ci[mid]):
+                _swap(cx, ci, mid, hi)
+            px = cx[hi]
+            pi_ = ci[hi]
+            store = lo
+            for r in range(lo, hi):
+                if _below(px, pi_, cx[r], ci[r]):  # r ranks above the pivot
+                    _swap(cx, ci, r, store)
+                    store += 1
+            _swap(cx, ci, store, hi)
+            if store == m - 1 or store == m:
+                return
+            if store < m:
+                lo = store + 1
+            else:
+                hi = store - 1
+
+    @njit(cache=True, fastmath=False)
+    def _lowest(cx, ci, n):
+        """Position of the lowest-ranked of the first n entries."""
+        w = 0
+        for r in range(1, n):
+            if _below(cx[r], ci[r], cx[w], ci[w]):
+                w = r
+        return w
+
+    @njit(cache=True, fastmath=False)
     def _sift_down(hx, hi, n, pos):
+        """Min-heap on rank (root = lowest rank) over the first n entries."""
         x = hx[pos]
         ix = hi[pos]
         while True:
@@ -176,101 +228,126 @@ if numba is not None:
         hi[pos] = ix
 
     @njit(cache=True, fastmath=False)
-    def _sift_up(hx, hi, pos):
-        x = hx[pos]
-        ix = hi[pos]
-        while pos > 0:
-            parent = (pos - 1) // 2
-            if _below(x, ix, hx[parent], hi[parent]):
-                hx[pos] = hx[parent]
-                hi[pos] = hi[parent]
-                pos = parent
-            else:
-                break
-        hx[pos] = x
-        hi[pos] = ix
+    def _sort_best_first(cx, ci, n):
+        """Heap sort the first n entries into rank order, best first."""
+        for r in range(n // 2 - 1, -1, -1):
+            _sift_down(cx, ci, n, r)
+        for e in range(n - 1, 0, -1):
+            _swap(cx, ci, 0, e)
+            _sift_down(cx, ci, e, 0)
+
+    @njit(cache=True, fastmath=False, inline="always")
+    def _losses(indptr, idx, qty, P, p, t0, t1, pf_t, profit_factor, buf):
+        """buf[:t1−t0] = counted losses of portfolio p over scenario columns [t0, t1) of P."""
+        nt = t1 - t0
+        j0 = indptr[p]
+        j1 = indptr[p + 1]
+        if j0 == j1:
+            for s in range(nt):
+                buf[s] = 0.0
+        else:
+            q = qty[j0]
+            prow = P[idx[j0], t0:t1]  # a contiguous slice vectorises; 2-D indexing does not
+            for s in range(nt):
+                buf[s] = q * prow[s]
+        for j in range(j0 + 1, j1):
+            q = qty[j]
+            prow = P[idx[j], t0:t1]
+            for s in range(nt):
+                buf[s] += q * prow[s]
+        # x = −v·(profit_factor if v > 0 else 1), v = pnl_factor·L (a select, no branch)
+        for s in range(nt):
+            v = buf[s] * pf_t[s]
+            buf[s] = -v * (profit_factor if v > 0.0 else 1.0)
+
+    @njit(cache=True, fastmath=False, inline="always")
+    def _admit(buf, nt, t0, cxp, cip, n, fl, m):
+        """Append the losses of buf[:nt] (scenarios t0…) that rank above the floor fl; returns (n, fl)."""
+        cap = cxp.shape[0]
+        for c0 in range(0, nt, 32):  # a vectorised count first: most 32-blocks have no entrant
+            c1 = min(c0 + 32, nt)
+            hits = 0
+            for s in range(c0, c1):
+                hits += buf[s] > fl
+            if hits == 0:
+                continue
+            for s in range(c0, c1):
+                x = buf[s]
+                if x > fl:  # strict: a tie with the floor has a larger index, so it ranks below
+                    cxp[n] = x
+                    cip[n] = t0 + s
+                    n += 1
+                    if n == cap:
+                        _keep_top(cxp, cip, n, m)
+                        n = m
+                        fl = cxp[_lowest(cxp, cip, m)]
+        return n, fl
 
     @njit(cache=True, fastmath=False, parallel=True)
     def _tail_kernel(indptr, idx, qty, P, lo, hi, tile, m, pnl_factor, profit_factor,
-                     weighted, ks, weight, targets, n_blocks, worst, worst_s, var, es):
-        """Worst/VaR/ES of portfolios [lo, hi) written to rows [0, hi−lo) of the outputs."""
+                     weighted, ks, weight, targets, n_blocks, P_sample, pnl_sample, rank,
+                     worst, worst_s, var, es):
+        """Worst/VaR/ES of portfolios [lo, hi) written to rows [0, hi−lo) of the outputs.
+
+        Each portfolio keeps up to 2m candidates; a loss enters only if it ranks above
+        the floor. The floor starts at the ``rank``-th largest loss over a strided sample
+        of the scenarios (P_sample = P[:, sample]), chosen so that, very likely, at least m
+        losses exceed it; it rises to the m-th best at each compaction (quickselect to
+        the best m when the buffer is full). A portfolio that ends with fewer than m
+        candidates (the sample floor was too high) is redone with no floor, so the
+        result is exact whatever the sample says.
+        """
         n_s = P.shape[1]
         n_p = hi - lo
         n_lev = var.shape[1]
-        hx = np.empty((n_p, m))
-        hs = np.empty((n_p, m), dtype=np.int64)
+        cap = 2 * m
+        n_samp = P_sample.shape[1]
+        cx = np.empty((n_p, cap))
+        ci = np.empty((n_p, cap), dtype=np.int64)
         fill = np.zeros(n_p, dtype=np.int64)
+        floor = np.full(n_p, -np.inf)
         per = (n_p + n_blocks - 1) // n_blocks
         for b in prange(n_blocks):
-            buf = np.empty(tile)
+            buf = np.empty(max(tile, n_samp))
             p0 = b * per
             p1 = min(p0 + per, n_p)
+            if rank > 0:
+                for p in range(p0, p1):
+                    _losses(indptr, idx, qty, P_sample, lo + p, 0, n_samp, pnl_sample, profit_factor, buf)
+                    floor[p] = np.partition(buf[:n_samp], n_samp - rank)[n_samp - rank]
             for t0 in range(0, n_s, tile):
                 t1 = min(t0 + tile, n_s)
-                nt = t1 - t0
                 pf_t = pnl_factor[t0:t1]
                 for p in range(p0, p1):
-                    j0 = indptr[lo + p]
-                    j1 = indptr[lo + p + 1]
-                    if j0 == j1:
-                        for s in range(nt):
-                            buf[s] = 0.0
-                    else:
-                        q = qty[j0]
-                        prow = P[idx[j0], t0:t1]  # a contiguous slice vectorises; 2-D indexing does not
-                        for s in range(nt):
-                            buf[s] = q * prow[s]
-                    for j in range(j0 + 1, j1):
-                        q = qty[j]
-                        prow = P[idx[j], t0:t1]
-                        for s in range(nt):
-                            buf[s] += q * prow[s]
-                    # counted loss x = −v·(profit_factor if v > 0 else 1), v = pnl_factor·L (a select, no branch)
-                    for s in range(nt):
-                        v = buf[s] * pf_t[s]
-                        buf[s] = -v * (profit_factor if v > 0.0 else 1.0)
-                    hxp = hx[p]
-                    hsp = hs[p]
-                    n = fill[p]
-                    s = 0
-                    while n < m and s < nt:  # filling the heap
-                        hxp[n] = buf[s]
-                        hsp[n] = t0 + s
-                        _sift_up(hxp, hsp, n)
-                        n += 1
-                        s += 1
+                    _losses(indptr, idx, qty, P, lo + p, t0, t1, pf_t, profit_factor, buf)
+                    fill[p], floor[p] = _admit(buf, t1 - t0, t0, cx[p], ci[p], fill[p], floor[p], m)
+            for p in range(p0, p1):
+                if fill[p] < m:  # the sample floor was above the m-th loss: redo without a floor
+                    n = 0
+                    fl = -np.inf
+                    for t0 in range(0, n_s, tile):
+                        t1 = min(t0 + tile, n_s)
+                        _losses(indptr, idx, qty, P, lo + p, t0, t1, pnl_factor[t0:t1], profit_factor, buf)
+                        n, fl = _admit(buf, t1 - t0, t0, cx[p], ci[p], n, fl, m)
                     fill[p] = n
-                    if n == m:
-                        floor = hxp[0]
-                        for s2 in range(s, nt):
-                            x = buf[s2]
-                            if x > floor:  # strict: a tie has the larger index, so it ranks below
-                                hxp[0] = x
-                                hsp[0] = t0 + s2
-                                _sift_down(hxp, hsp, m, 0)
-                                floor = hxp[0]
             # order each portfolio's candidates best-first and read off the statistics
             for p in range(p0, p1):
-                hxp = hx[p]
-                hsp = hs[p]
+                cxp = cx[p]
+                cip = ci[p]
                 n = fill[p]
-                for e in range(n - 1, 0, -1):  # heap sort: root (lowest rank) goes to the back
-                    tx = hxp[0]
-                    ts = hsp[0]
-                    hxp[0] = hxp[e]
-                    hsp[0] = hsp[e]
-                    hxp[e] = tx
-                    hsp[e] = ts
-                    _sift_down(hxp, hsp, e, 0)
-                worst[p] = hxp[0]
-                worst_s[p] = hsp[0]
+                if n > m:
+                    _keep_top(cxp, cip, n, m)
+                    n = m
+                _sort_best_first(cxp, cip, n)
+                worst[p] = cxp[0]
+                worst_s[p] = cip[0]
                 if not weighted:
                     for lv in range(n_lev):
                         k = ks[lv]
                         acc = 0.0
                         for r in range(k):
-                            acc += hxp[r]
-                        var[p, lv] = hxp[k - 1]
+                            acc += cxp[r]
+                        var[p, lv] = cxp[k - 1]
                         es[p, lv] = acc / k
                 else:
                     for lv in range(n_lev):
@@ -278,15 +355,15 @@ if numba is not None:
                         cwx = 0.0
                         r = 0
                         while r < n:
-                            wr = weight[hsp[r]]
+                            wr = weight[cip[r]]
                             cw += wr
-                            cwx += wr * hxp[r]
+                            cwx += wr * cxp[r]
                             if cw >= targets[lv]:
                                 break
                             r += 1
                         if r == n:
                             r = n - 1
-                        var[p, lv] = hxp[r]
+                        var[p, lv] = cxp[r]
                         es[p, lv] = cwx / cw
 
 
@@ -334,18 +411,24 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
     if len(pnl) != S or len(weight) != S:
         raise ValueError(f"measure spec has {len(pnl)} pnl factors / {len(weight)} weights for {S} scenarios")
     tile = int(min(S, max(16, TILE_BYTES // (8 * max(n_ins, 1)))))
-    chunk = int(max(1, min(n_port, STATE_BYTES // (16 * m + 8))))
+    chunk = int(max(1, min(n_port, STATE_BYTES // (32 * m + 24))))
     threads = numba.get_num_threads()
     indptr = _vec(portfolios.indptr, np.int64)
     idx = _vec(portfolios.instrument_idx, np.int64)
     qty = _vec(portfolios.quantity, np.float64)
     if len(idx) and (idx.min() < 0 or idx.max() >= n_ins):
         raise ValueError(f"portfolio instrument index out of range for P with {n_ins} rows")
+    # the sample that sets each portfolio's starting floor: every stride-th scenario
+    stride = int(max(1, min(SAMPLE_STRIDE, S // max(4 * m, 1))))
+    sample = np.arange(0, S, stride)
+    rank = int(min(len(sample), max(8, math.ceil(SAMPLE_MARGIN * m * len(sample) / S)))) if stride > 1 else 0
+    P_sample = np.ascontiguousarray(P[:, sample]) if rank else np.empty((n_ins, 0))
+    pnl_sample = np.ascontiguousarray(pnl[sample]) if rank else np.empty(0)
     for lo in range(0, n_port, chunk):
         hi = min(lo + chunk, n_port)
         n_blocks = int(min(hi - lo, 4 * threads))
         _tail_kernel(indptr, idx, qty, P, lo, hi, tile, m, pnl, float(spec.profit_factor), weighted,
-                     _vec(ks, np.int64), weight, _vec(targets, np.float64), n_blocks,
+                     _vec(ks, np.int64), weight, _vec(targets, np.float64), n_blocks, P_sample, pnl_sample, rank,
                      worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi])
     return TailStats(worst=worst, worst_scenario=worst_s, var=var, es=es)
 
