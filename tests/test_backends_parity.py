@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gpurisk.backends import MeasureSpec
 from gpurisk.backends import reference as ref
+from gpurisk.backends.base import tail_candidates
 from gpurisk.book import FUTURE, INVERSE, LINEAR, OPTION, PERPETUAL, SPOT, Portfolios
 from gpurisk.pricing import VOL_ABSOLUTE, VOL_RELATIVE, VOL_TERM, PricingInputs, VolTerm
 from gpurisk.scenarios import make_scenario_set
@@ -256,3 +257,18 @@ def test_gpu_tail_stats_property(problem):
     gpu = _backend("gpu")
     P, pf, spec = problem
     assert_stats_equal(gpu.tail_stats(pf, P, spec), ref.tail_stats(pf, P, spec))
+
+
+def test_cpu_misleading_sample_floor_is_redone_exactly():
+    """Huge losses on exactly the sampled scenarios set a floor above the true m-th loss: the portfolio is redone."""
+    from gpurisk.backends import cpu
+
+    S = 4000
+    rng = np.random.default_rng(6)
+    P = rng.normal(0.0, 1.0, (3, S))
+    P[0, :: cpu.SAMPLE_STRIDE] = 1e6  # every sampled scenario (stride 16 from 0) is a huge loss for a short
+    pf = Portfolios(np.array([0, 2, 3], np.int64), np.array([0, 1, 2], np.int32), np.array([-1.0, 0.5, 2.0]),
+                    np.zeros(2, np.int32))
+    for spec in (MeasureSpec((0.99,)), MeasureSpec((0.99,), weight=rng.uniform(0.5, 1.0, S))):
+        assert S // (4 * tail_candidates(spec, S)[1]) >= cpu.SAMPLE_STRIDE  # the sample is every 16th scenario
+        assert_stats_equal(cpu.tail_stats(pf, P, spec), ref.tail_stats(pf, P, spec))
