@@ -83,3 +83,17 @@ def test_checkpoint_round_trip_and_corrupt_file(tmp_path):
     assert chunks.load_chunk(p) is None
     assert chunks.load_chunk(tmp_path / "missing.npz") is None
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_bad_backend_results_are_caught():
+    import pytest
+
+    from gpurisk.batch.tasks import BadChunkResult, check_stats
+
+    ok = TailStats(np.zeros(3), np.array([0, 4, 9]), np.zeros((3, 1)), np.zeros((3, 1)))
+    check_stats(ok, 3, 10, 1, "cpu")
+    bad = TailStats(np.zeros(3), np.array([0, 4, 4607182418800017408]), np.zeros((3, 1)), np.zeros((3, 1)))
+    with pytest.raises(BadChunkResult, match=r"worst_scenario outside \[0, 10\) for 1 portfolio"):
+        check_stats(bad, 3, 10, 1, "cpu")
+    with pytest.raises(BadChunkResult, match="wrong shapes"):
+        check_stats(ok, 4, 10, 1, "cpu")
