@@ -270,6 +270,8 @@ def _one_line(exc: BaseException) -> str:
 def _open_run(out: Path, resume: str | None, input_hash: str):
     """(run_id, run_dir, manifest dict): a new run folder, or the one to resume after checking its inputs."""
     if resume:
+        if Path(resume).name != resume or resume.startswith("."):
+            raise ConfigError(f"--resume takes a run id (a folder name in {out}), not a path: {resume!r}")
         run_dir = out / resume
         old = manifest.read_manifest(run_dir)
         if old is None:
