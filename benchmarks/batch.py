@@ -38,6 +38,28 @@ def empty_task_overhead(client, n: int = 500) -> float:
     return (time.perf_counter() - t) / n
 
 
+def _spin(n: int = 5_000_000) -> float:
+    t = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - t
+
+
+def machine_parallelism(workers: int) -> float:
+    """Speed-up of ``workers`` CPU-bound processes over one on this machine now (≤ workers; < when shared)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        pool.map(_spin, [100_000] * workers)  # start-up
+        one = min(pool.map(_spin, [5_000_000]))
+        t = time.perf_counter()
+        pool.map(_spin, [5_000_000] * workers)
+        many = time.perf_counter() - t
+    return workers * one / many
+
+
 def baseline(job, out: Path, backend: str) -> dict:
     """In-process compute of every model of the job (no Dask): wall seconds."""
     from gpurisk.batch import sources
@@ -99,7 +121,9 @@ def main(argv=None) -> int:
             "backend": rep.backend,
         })
     base = min((baseline(job, out, backend) for _ in range(args.repeat)), key=lambda b: b["wall_s"])
+    parallel = {n: machine_parallelism(n) for n in args.workers if n > 1}
     doc = {
+        "machine_parallel_speedup": parallel,
         "job": Path(args.job).name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
@@ -120,6 +144,8 @@ def main(argv=None) -> int:
               f"{1e3 * r['empty_task_s']:.2f} |")
     print(f"| in-process (no Dask) | {base['accounts']:,} | - | {base['wall_s']:.2f} (compute only) | "
           f"{base['accounts'] / base['wall_s']:,.0f} | - | - | - | - |")
+    for n, sp in parallel.items():
+        print(f"\nmachine check: {n} CPU-bound processes run {sp:.2f}x as fast as one (ideal {n}x)")
     print("\nstages (s): " + "; ".join(
         f"{r['workers']} worker(s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items()) for r in rows))
     return 0
