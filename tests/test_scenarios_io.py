@@ -207,7 +207,7 @@ def test_known_underlyings_can_be_extended(tmp_path):
 def test_the_documented_csv_example_parses(tmp_path):
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "scenario-format.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-format.md").read_text().split("## Scenario sets", 1)[1]
     csv = doc.split("```csv\n", 1)[1].split("```", 1)[0]
     meta = doc.split("```json\n", 1)[1].split("```", 1)[0]
     p = tmp_path / "reg_stress_2026.csv"

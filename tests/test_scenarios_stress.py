@@ -167,7 +167,7 @@ def test_user_scenarios_on_a_subset_with_another_stablecoin():
 def test_the_documented_toml_example_parses(tmp_path):
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "scenario-format.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-format.md").read_text().split("## Scenario sets", 1)[1]
     block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
     p = tmp_path / "mine.toml"
     p.write_text(block)

@@ -3,7 +3,7 @@
 Each scenario is one historical window ``[d−h, d]`` (h = horizon in days), with the
 joint moves of all coins on the same dates, so correlation is the real one.
 
-Rules (docs/scenario-format.md repeats them):
+Rules (docs/data-format.md ("Scenario sets") repeats them):
 
 - **As-of.** A daily bar dated d closes at d+1 00:00 UTC; it is used only if that
   time is ≤ ``as_of``. Nothing after the as-of is read.

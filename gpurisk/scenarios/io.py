@@ -1,6 +1,6 @@
 """Scenario files: long-format Parquet or CSV, one row per (scenario, underlying).
 
-See docs/scenario-format.md. ``read_scenarios(path) -> ScenarioSet`` checks every
+See docs/data-format.md ("Scenario sets"). ``read_scenarios(path) -> ScenarioSet`` checks every
 row and raises ``ScenarioError`` with one line naming the file, row and column;
 ``write_scenarios(sset, path)`` writes atomically (temp file + os.replace).
 

@@ -1,6 +1,6 @@
 """Monte Carlo scenarios in JAX: correlated Gaussian or Student-t, with a joint vol factor.
 
-Model (docs/scenario-format.md repeats it):
+Model (docs/data-format.md ("Scenario sets") repeats it):
 
 - **Targets.** Daily log returns of the coins and the daily log change of BTC DVOL
   (the vol factor) over the last ``lookback_days`` days to ``as_of`` (bars used

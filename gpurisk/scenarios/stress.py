@@ -30,7 +30,7 @@ relative vol), ``vol_spike_abs_25`` (+25 vol points, absolute mode) and
 ``usdt_depeg_10`` (USDT −10 %, nothing else).
 
 Users add their own with ``stress_from_definition(dict)`` / ``stress_from_toml(path)``
-(format in docs/scenario-format.md) or a scenario file (``read_scenarios``).
+(format in docs/data-format.md ("Scenario sets")) or a scenario file (``read_scenarios``).
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def _num(x, where) -> float:
 
 
 def stress_from_definition(defn: dict, underlyings=None, where: str = "stress definition") -> ScenarioSet:
-    """User stress scenarios from a dict (the parsed TOML form; see docs/scenario-format.md).
+    """User stress scenarios from a dict (the parsed TOML form; see docs/data-format.md ("Scenario sets")).
 
     ``{"horizon_days": 0, "scenario": [{"id", "label", "price_shock": {coin: s, "*": s},
     "vol_shock": {...}, "vol_mode", "weight", "pnl_factor"}, ...]}``; ``"*"`` is the
