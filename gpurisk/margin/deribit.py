@@ -22,7 +22,7 @@ Risk matrix per (account, settlement currency, underlying), the underlying shock
 A linear (USD-settled) currency with several underlyings sums the per-underlying figures (no
 offset between underlyings) [U]. Outputs: ``margin`` (one row per account × currency) and
 ``risk_vectors`` (the scenario P&L of the N largest requirements, for checking against the
-venue's own simulator). See docs/venue-models.md for sources.
+venue's own simulator). See docs/methodologies.md (section 3) for sources.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ OKX-methodology venues, whatever their settlement):
 - MR6 extreme move: loss at ±extreme (by asset class) counted at ``mr6_factor`` = 50 %.
 - MR4 basis: Σ|USD notional of futures|·annualised basis move·T [U: exact formula unpublished].
 - MR3 vega term structure, MR5 interest rate, MR9 stablecoin: ``rate``·gross USD notional
-  of the relevant instruments, all default 0 (approximations; see docs/venue-models.md).
+  of the relevant instruments, all default 0 (approximations; see docs/methodologies.md (section 3)).
 - MR7 minimum charge: raw = rate·gross USD notional (delta-one and options) [U], scaled
   by tiers: the amount inside tier k counts ``multiplier_k`` times.
 - MMR = max{max(MR1, MR2, MR6) + MR4 + MR3 + MR5 + MR9, MR7}; IMR = ``imr_factor``·MMR (1.3).
