@@ -6,3 +6,12 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """Lazy subpackages, so ``import gpurisk; gpurisk.margin(book)`` works without importing everything up front."""
+    if name in ("margin", "scenarios", "backends", "batch", "io", "book", "pricing"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'gpurisk' has no attribute {name!r}")
