@@ -264,7 +264,8 @@ def main(argv=None) -> int:
           "GFLOP/s | % DGEMM | % SGEMM | peak RSS MiB | warm-up s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        sp = f"{r.get('speedup_tail_stats', float('nan')):.1f}x / {r.get('speedup_total', float('nan')):.1f}x"
+        sp = (f"{r['speedup_tail_stats']:.1f}x / {r['speedup_total']:.1f}x" if "speedup_total" in r
+              else "no baseline run")
         print(f"| {r['backend']} | {r['revalue_s']:.3f} | {r['tail_stats_s']:.3f} | {r['total_s']:.3f} | "
               f"{r['position_scenarios_per_s']:.3g} | {sp} | {r['gflops']:.2f} | {100 * r['fraction_of_dgemm']:.1f} | "
               f"{100 * r['fraction_of_sgemm']:.1f} | {r['peak_rss_bytes'] / 2**20:.0f} | {r['warmup_s']:.2f} |")

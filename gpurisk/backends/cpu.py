@@ -12,17 +12,27 @@ matrix:
 * the scenario axis is cut into tiles of T columns so that the tile P[:, tile]
   (I·T·8 bytes) stays in the shared L3 cache while every portfolio of a chunk
   streams over it; a portfolio's tile of P&L lives in a T-element buffer;
-* each portfolio keeps a bounded min-heap of its m largest losses (ordered by
-  loss, ties by the smaller scenario index, the reference's stable order), so
-  tail selection costs O(S) compares plus O(m·log m·log(S/m)) heap work instead
-  of a full sort; m = the largest tail count over the levels (equal weights) or,
-  with probability weights, the smallest count whose *lightest* weights already
-  reach the tail mass (any m scenarios weigh at least that much), plus one;
-* at the end the m candidates are sorted (heap sort) and VaR/ES/worst are read
-  off exactly as the reference does.
+* tail selection never sorts the S losses. Each portfolio keeps a buffer of up to
+  2m candidate (loss, scenario) pairs, m = the largest tail count over the levels
+  (equal weights) or, with probability weights, 2 + the smallest count whose
+  *lightest* weights reach the tail mass (base.tail_candidates). A loss enters only
+  if it ranks above the portfolio's floor (rank: loss, then the smaller scenario
+  index, the reference's stable order); a full buffer is cut back to its best m by
+  quickselect and the floor rises to the m-th best. Entry checks run as a
+  vectorised count over blocks of 32 losses, so the common "nothing enters" case
+  costs a compare per loss;
+* the floor starts at a high quantile of the portfolio's losses over a strided
+  sample of the scenarios (every SAMPLE_STRIDE-th), placed so that about
+  SAMPLE_MARGIN·m losses are expected above it. If fewer than m losses end up
+  above it, that portfolio is recomputed with no floor, so the sample affects
+  only speed, never the result;
+* at the end the m best candidates are heap-sorted and VaR/ES/worst are read off
+  exactly as the reference does (same summation order for ES).
 
-Scratch: T doubles per thread and m (loss, index) pairs per portfolio of the
+Scratch: T doubles per thread and 2m (loss, index) pairs per portfolio of the
 current chunk; chunks are sized so that this state stays under ``STATE_BYTES``.
+Inputs are cast to one dtype set (int64 indices, float64 values) so each kernel
+compiles once (``cache=True`` keeps the machine code between runs).
 """
 
 from __future__ import annotations
@@ -199,6 +209,35 @@ if numba is not None:
                 hi = store - 1
 
     @njit(cache=True, fastmath=False)
+    def _kth_largest(a, n, r):
+        """The r-th largest of a[:n] (1 ≤ r ≤ n) by quickselect; reorders a[:n]."""
+        lo = 0
+        hi = n - 1
+        want = r - 1  # position in descending order
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a[lo] < a[mid]:
+                a[lo], a[mid] = a[mid], a[lo]
+            if a[lo] < a[hi]:
+                a[lo], a[hi] = a[hi], a[lo]
+            if a[hi] < a[mid]:
+                a[mid], a[hi] = a[hi], a[mid]
+            pv = a[hi]
+            store = lo
+            for t in range(lo, hi):
+                if a[t] > pv:
+                    a[t], a[store] = a[store], a[t]
+                    store += 1
+            a[store], a[hi] = a[hi], a[store]
+            if store == want:
+                return a[store]
+            if store < want:
+                lo = store + 1
+            else:
+                hi = store - 1
+        return a[want]
+
+    @njit(cache=True, fastmath=False)
     def _lowest(cx, ci, n):
         """Position of the lowest-ranked of the first n entries."""
         w = 0
@@ -250,7 +289,16 @@ if numba is not None:
             prow = P[idx[j0], t0:t1]  # a contiguous slice vectorises; 2-D indexing does not
             for s in range(nt):
                 buf[s] = q * prow[s]
-        for j in range(j0 + 1, j1):
+        j = j0 + 1
+        while j + 1 < j1:  # two rows per pass, same rounding as one at a time: (buf + q·a) + q2·b
+            q = qty[j]
+            q2 = qty[j + 1]
+            prow = P[idx[j], t0:t1]
+            prow2 = P[idx[j + 1], t0:t1]
+            for s in range(nt):
+                buf[s] = (buf[s] + q * prow[s]) + q2 * prow2[s]
+            j += 2
+        if j < j1:
             q = qty[j]
             prow = P[idx[j], t0:t1]
             for s in range(nt):
@@ -314,7 +362,7 @@ if numba is not None:
             if rank > 0:
                 for p in range(p0, p1):
                     _losses(indptr, idx, qty, P_sample, lo + p, 0, n_samp, pnl_sample, profit_factor, buf)
-                    floor[p] = np.partition(buf[:n_samp], n_samp - rank)[n_samp - rank]
+                    floor[p] = _kth_largest(buf, n_samp, rank)
             for t0 in range(0, n_s, tile):
                 t1 = min(t0 + tile, n_s)
                 pf_t = pnl_factor[t0:t1]
@@ -338,6 +386,22 @@ if numba is not None:
                 if n > m:
                     _keep_top(cxp, cip, n, m)
                     n = m
+                if not weighted and n_lev == 1:
+                    # one level, m = k: VaR is the lowest-ranked candidate, ES their mean; no sort
+                    best = 0
+                    low = 0
+                    acc = 0.0
+                    for r in range(n):
+                        acc += cxp[r]
+                        if _below(cxp[best], cip[best], cxp[r], cip[r]):
+                            best = r
+                        if _below(cxp[r], cip[r], cxp[low], cip[low]):
+                            low = r
+                    worst[p] = cxp[best]
+                    worst_s[p] = cip[best]
+                    var[p, 0] = cxp[low]
+                    es[p, 0] = acc / ks[0]
+                    continue
                 _sort_best_first(cxp, cip, n)
                 worst[p] = cxp[0]
                 worst_s[p] = cip[0]
