@@ -183,7 +183,8 @@ def _lookup(keys: np.ndarray, values: pd.Series) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    pos = pc.index_in(pa.array(values.astype(str).to_numpy(dtype=object)), value_set=pa.array(keys.astype(str)))
+    vals = pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
+    pos = pc.index_in(vals, value_set=pa.array(np.asarray(keys).astype(str), type=pa.string()))
     return pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
