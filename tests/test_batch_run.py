@@ -211,3 +211,18 @@ def test_snapshots_source_takes_the_latest_and_records_params(tmp_path, client2)
     assert man["book"].endswith("2026-11-21T1200Z")
     assert man["models"]["house"]["params"]["n_scenarios"] == 100
     assert man["models"]["house"]["scenarios"]["account"]["n_scenarios"] == 100
+
+
+def test_scheduler_address_submits_to_a_running_cluster(job, client2, monkeypatch):
+    """``--scheduler ADDRESS``: the run connects to that cluster (no embedded one) with the same result."""
+    addr = client2.scheduler.address
+    via_addr = run_job(job, RunOptions(scheduler=addr, progress=False), get_model=get_model, book_loader=load_book)
+    assert via_addr.workers == 2 and "cluster" in via_addr.timings
+    direct = _run(job, client2)
+    assert read_outputs(via_addr.run_dir) == read_outputs(direct.run_dir)
+    from gpurisk.batch import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2.0)
+    with pytest.raises(JobError, match="cannot reach the Dask scheduler"):
+        run_job(job, RunOptions(scheduler="tcp://127.0.0.1:1", progress=False), get_model=get_model,
+                book_loader=load_book)

@@ -17,6 +17,9 @@ from ..errors import GpuriskError
 
 log = logging.getLogger("gpurisk.batch")
 
+#: seconds to wait for a remote scheduler before the run fails
+CONNECT_TIMEOUT_S = 30.0
+
 
 class ClusterError(GpuriskError):
     """The Dask scheduler cannot be reached or the local cluster cannot start."""
@@ -74,7 +77,7 @@ def worker_env(threads: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1,
-                gpu: bool = False, timeout_s: float = 30.0):
+                gpu: bool = False, timeout_s: float | None = None):
     """Yield a ``distributed.Client``: to ``scheduler`` if given, else on a new embedded LocalCluster.
 
     The embedded cluster has ``workers`` processes (default ``default_workers()``)
@@ -85,7 +88,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, thread
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout=timeout_s)
+            client = Client(scheduler, timeout=timeout_s or CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         try:
