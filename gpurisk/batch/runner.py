@@ -511,7 +511,7 @@ def format_summary(report: RunReport) -> str:
         f"   chunks {c.get('chunks_total', 0)} ({c.get('chunks_resumed', 0)} from checkpoints)"
         f"   GPU fallbacks {c.get('gpu_fallbacks', 0)}",
     ]
-    if report.total_im:
+    if any(report.total_im.values()):
         lines.append(f"  {'model':<12} {'venue':<12} {'total IM (USD)':>20}")
         for model, by in report.total_im.items():
             for venue, v in by.items():
