@@ -2,7 +2,7 @@
 
 KIND is ``grid`` (Deribit-style risk matrix), ``span`` (CME SPAN 16), ``historical``
 (filtered historical simulation), ``montecarlo`` or ``stress``. FILE ends in
-``.parquet`` or ``.csv`` (docs/scenario-format.md). Prints one JSON line that
+``.parquet`` or ``.csv`` (docs/data-format.md ("Scenario sets")). Prints one JSON line that
 describes the set.
 """
 
