@@ -272,3 +272,23 @@ def test_cpu_misleading_sample_floor_is_redone_exactly():
     for spec in (MeasureSpec((0.99,)), MeasureSpec((0.99,), weight=rng.uniform(0.5, 1.0, S))):
         assert S // (4 * tail_candidates(spec, S)[1]) >= cpu.SAMPLE_STRIDE  # the sample is every 16th scenario
         assert_stats_equal(cpu.tail_stats(pf, P, spec), ref.tail_stats(pf, P, spec))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_are_clear_errors_not_crashes(backend, case):
+    """Compiled kernels do not bounds-check: malformed inputs must be refused before they run."""
+    be = _backend(backend)
+    pi, sc, _ = case
+    P = np.zeros((4, 10))
+    bad_csr = [
+        Portfolios(np.array([0, 3], np.int64), np.array([0, 1], np.int32), np.ones(2), np.zeros(1, np.int32)),
+        Portfolios(np.array([0, 2, 1], np.int64), np.array([0, 1], np.int32), np.ones(2), np.zeros(2, np.int32)),
+        Portfolios(np.array([0, 2], np.int64), np.array([0, 4], np.int32), np.ones(2), np.zeros(1, np.int32)),
+        Portfolios(np.array([0, 2], np.int64), np.array([0, -1], np.int32), np.ones(2), np.zeros(1, np.int32)),
+    ]
+    for pf in bad_csr:
+        with pytest.raises(ValueError, match="portfolio"):
+            be.tail_stats(pf, P, MeasureSpec((0.99,)))
+    wrong_u = PricingInputs(**{**pi.__dict__, "underlying_idx": np.full(len(pi), 9, np.int32)})
+    with pytest.raises(ValueError, match="scenario column 9"):
+        be.revalue(wrong_u, sc, "usd")

@@ -85,12 +85,35 @@ def tail_candidates(spec: MeasureSpec, n_scenarios: int):
     n_lev = len(spec.levels)
     if spec.weight is None:
         ks = spec.tail_counts(S)
-        return False, int(ks.max()), ks, np.zeros(n_lev)
+        return False, int(ks.max()) if n_lev else 1, ks, np.zeros(n_lev)
     w = np.asarray(spec.weight, dtype=np.float64)
     targets = (1.0 - np.asarray(spec.levels, dtype=np.float64)) * w.sum() * (1.0 - TAIL_WEIGHT_RTOL)
     lightest = np.cumsum(np.sort(w))
-    need = int(np.searchsorted(lightest, targets.max() * (1.0 - 1e-9), side="left")) + 2
+    need = int(np.searchsorted(lightest, (targets.max() if n_lev else 0.0) * (1.0 - 1e-9), side="left")) + 2
     return True, int(min(max(need, 1), S)), np.ones(n_lev, dtype=np.int64), targets
+
+
+def check_portfolios(portfolios, n_instruments: int) -> None:
+    """ValueError unless the CSR is well formed and every index is a row of P [n_instruments, S].
+
+    Compiled kernels do not bounds-check, so the fast backends call this first.
+    """
+    indptr = np.asarray(portfolios.indptr)
+    idx = np.asarray(portfolios.instrument_idx)
+    nnz = len(idx)
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"portfolio CSR is malformed: indptr must rise from 0 to nnz={nnz}")
+    if len(portfolios.quantity) != nnz:
+        raise ValueError(f"portfolio CSR has {len(portfolios.quantity)} quantities for {nnz} positions")
+    if nnz and (idx.min() < 0 or idx.max() >= n_instruments):
+        raise ValueError(f"portfolio instrument index out of range for P with {n_instruments} rows")
+
+
+def check_underlyings(underlying_idx, n_underlyings: int) -> None:
+    """ValueError unless every instrument's scenario column exists."""
+    u = np.asarray(underlying_idx)
+    if len(u) and (u.min() < 0 or u.max() >= n_underlyings):
+        raise ValueError(f"pricing inputs reference scenario column {int(u.max())} but the set has {n_underlyings}")
 
 
 class BackendUnavailable(GpuriskError, RuntimeError):

@@ -43,7 +43,7 @@ import os
 import numpy as np
 
 from ..pricing import DAYS_PER_YEAR, NUMERAIRE_CODES, NUMERAIRE_SETTLEMENT, PricingInputs
-from .base import MeasureSpec, TailStats, tail_candidates
+from .base import MeasureSpec, TailStats, check_portfolios, check_underlyings, tail_candidates
 
 name = "cpu"
 
@@ -441,6 +441,7 @@ def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd") -> np.ndarray:
     out = np.empty((len(pi), n_s))
     if len(pi) == 0 or n_s == 0:
         return out
+    check_underlyings(pi.underlying_idx, np.shape(scenarios.price_shock)[1])
     term = scenarios.term
     _revalue_kernel(
         _vec(pi.kind, np.int8), _vec(pi.settlement, np.int8), _vec(pi.option_type, np.int8),
@@ -469,6 +470,7 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
         return TailStats(worst, worst_s, var, es)
     if S == 0:
         raise ValueError("tail_stats needs at least one scenario")
+    check_portfolios(portfolios, n_ins)
     weighted, m, ks, targets = tail_candidates(spec, S)
     pnl = np.ones(S) if spec.pnl_factor is None else _vec(spec.pnl_factor, np.float64)
     weight = np.ones(S) if spec.weight is None else _vec(spec.weight, np.float64)
@@ -480,8 +482,6 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
     indptr = _vec(portfolios.indptr, np.int64)
     idx = _vec(portfolios.instrument_idx, np.int64)
     qty = _vec(portfolios.quantity, np.float64)
-    if len(idx) and (idx.min() < 0 or idx.max() >= n_ins):
-        raise ValueError(f"portfolio instrument index out of range for P with {n_ins} rows")
     # the sample that sets each portfolio's starting floor: every stride-th scenario
     stride = int(max(1, min(SAMPLE_STRIDE, S // max(4 * m, 1))))
     sample = np.arange(0, S, stride)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pricing import NUMERAIRE_CODES, NUMERAIRE_SETTLEMENT, PricingInputs
-from .base import MeasureSpec, TailStats, tail_candidates
+from .base import MeasureSpec, TailStats, check_portfolios, check_underlyings, tail_candidates
 
 name = "gpu"
 
@@ -178,6 +178,7 @@ def revalue_device(pi: PricingInputs, scenarios, numeraire: str = "usd"):
     out = cp.empty((n_ins, n_s), dtype=cp.float64)
     if n_ins == 0 or n_s == 0:
         return out
+    check_underlyings(pi.underlying_idx, np.shape(scenarios.price_shock)[1])
     d = _pricing_on_device(pi)
     sc = _scenarios_on_device(scenarios)
     coin = np.int32(NUMERAIRE_CODES[numeraire] == NUMERAIRE_SETTLEMENT)
@@ -245,9 +246,8 @@ def tail_stats(portfolios, P, spec: MeasureSpec) -> TailStats:
         return TailStats(np.zeros(0), np.zeros(0, np.int64), z, z.copy())
     if n_s == 0:
         raise ValueError("tail_stats needs at least one scenario")
+    check_portfolios(portfolios, n_ins)
     idx_h = np.asarray(portfolios.instrument_idx)
-    if len(idx_h) and (idx_h.min() < 0 or idx_h.max() >= n_ins):
-        raise ValueError(f"portfolio instrument index out of range for P with {n_ins} rows")
     weighted, m, ks, targets = tail_candidates(spec, n_s)
     sm = cp.cuda.Device().attributes.get("MultiProcessorCount", 132)
     grid, cap, use_shared, smem = launch_shape(n_port, n_s, weighted, m, sm)
