@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import BackendUnavailable, MeasureSpec, TailStats
+from .base import BackendUnavailable, NonFinitePnL, MeasureSpec, TailStats
 
 NAMES = ("reference", "cpu", "gpu")
 CHOICES = ("auto",) + NAMES
@@ -59,6 +59,21 @@ def _to_host(a):
 __all__ = ["Engine", "get", "select", "NAMES", "CHOICES", "MeasureSpec", "TailStats", "BackendUnavailable"]
 
 
+def check_finite_pnl(P, scenarios=None) -> None:
+    """Raise NonFinitePnL if P [I, S] holds NaN or ±inf (one pass; the tail kernels assume finite P&L)."""
+    import numpy as np
+
+    finite = np.isfinite(P)
+    if finite.all():
+        return
+    i, s = np.argwhere(~finite)[0]
+    sid = scenarios.scenario_id[s] if scenarios is not None else s
+    raise NonFinitePnL(
+        f"revaluation gave a non-finite P&L ({P[i, s]}) for instrument row {int(i)} in scenario {sid!r}: "
+        f"{int((~finite).sum())} entries in all; check that instrument's market data and the scenario's shocks"
+    )
+
+
 class Engine:
     """A backend chosen by name with GPU→CPU fallback.
 
@@ -98,7 +113,10 @@ class Engine:
             return out
 
     def revalue(self, pi, scenarios, numeraire: str = "usd"):
-        return self._call("revalue", pi, scenarios, numeraire)
+        """P [I, S]; a non-finite entry is an error naming its instrument row and scenario (never silently dropped)."""
+        P = self._call("revalue", pi, scenarios, numeraire)
+        check_finite_pnl(P, scenarios)
+        return P
 
     def tail_stats(self, portfolios, P, spec):
         return self._call("tail_stats", portfolios, P, spec)

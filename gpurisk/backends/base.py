@@ -118,3 +118,7 @@ def check_underlyings(underlying_idx, n_underlyings: int) -> None:
 
 class BackendUnavailable(GpuriskError, RuntimeError):
     """The named backend cannot run here; the message (one line) says why."""
+
+
+class NonFinitePnL(GpuriskError):
+    """Revaluation produced NaN or ±inf: an input the validator let through, or a bad scenario."""

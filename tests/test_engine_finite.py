@@ -1,0 +1,43 @@
+"""Non-finite P&L never reaches the tail kernels: the engine stops with a message naming where it arose."""
+
+import numpy as np
+import pytest
+
+from gpurisk.backends import Engine, NonFinitePnL, check_finite_pnl
+from gpurisk.book import FUTURE, LINEAR, OPTION, CALL
+from gpurisk.pricing import PricingInputs
+from gpurisk.scenarios import make_scenario_set
+
+
+def _inputs(forward):
+    return PricingInputs(
+        kind=np.array([FUTURE, OPTION], np.int8),
+        settlement=np.array([LINEAR, LINEAR], np.int8),
+        option_type=np.array([0, CALL], np.int8),
+        underlying_idx=np.array([0, 0], np.int32),
+        contract_size=np.array([1.0, 1.0]),
+        forward=np.asarray(forward, dtype=np.float64),
+        strike=np.array([0.0, 100.0]),
+        ttm=np.array([0.0, 0.1]),
+        vol=np.array([0.0, 0.5]),
+    )
+
+
+def test_finite_inputs_pass_through_unchanged():
+    sset = make_scenario_set(["BTC"], [[-0.1], [0.0], [0.2]])
+    P = Engine("reference").revalue(_inputs([100.0, 100.0]), sset)
+    np.testing.assert_allclose(P[0], [-10.0, 0.0, 20.0])  # linear future: cs·F·s
+
+
+def test_nan_forward_is_an_error_naming_row_and_scenario():
+    sset = make_scenario_set(["BTC"], [[-0.1], [0.2]], scenario_id=["down", "up"])
+    with pytest.raises(NonFinitePnL, match=r"instrument row 1 in scenario 'down'.*2 entries"):
+        Engine("reference").revalue(_inputs([100.0, np.nan]), sset)
+
+
+def test_check_finite_pnl_flags_infinity():
+    P = np.zeros((3, 4))
+    P[2, 3] = np.inf
+    with pytest.raises(NonFinitePnL, match="instrument row 2"):
+        check_finite_pnl(P)
+    check_finite_pnl(np.zeros((3, 4)))  # no error
