@@ -41,3 +41,18 @@ def test_check_finite_pnl_flags_infinity():
     with pytest.raises(NonFinitePnL, match="instrument row 2"):
         check_finite_pnl(P)
     check_finite_pnl(np.zeros((3, 4)))  # no error
+
+
+def test_cpu_tail_stats_all_nan_portfolio_is_nan_not_garbage():
+    pytest.importorskip("numba")
+    from gpurisk.backends import MeasureSpec, get
+    from gpurisk.book import Portfolios
+
+    cpu = get("cpu")
+    P = np.full((2, 50), np.nan)
+    P[1] = np.linspace(-5.0, 5.0, 50)
+    pf = Portfolios(np.array([0, 1, 2], np.int64), np.array([0, 1], np.int32), np.array([1.0, 1.0]),
+                    np.array([0, 1], np.int32))
+    ts = cpu.tail_stats(pf, P, MeasureSpec(levels=(0.9,)))
+    assert np.isnan(ts.worst[0]) and np.isnan(ts.es[0, 0]) and ts.worst_scenario[0] == -1
+    assert ts.worst[1] == 5.0 and ts.worst_scenario[1] == 0  # the finite portfolio is unaffected

@@ -383,6 +383,13 @@ if numba is not None:
                 cxp = cx[p]
                 cip = ci[p]
                 n = fill[p]
+                if n == 0:  # no admissible loss (all NaN): say so rather than read uninitialised scratch
+                    worst[p] = np.nan
+                    worst_s[p] = -1
+                    for lv in range(n_lev):
+                        var[p, lv] = np.nan
+                        es[p, lv] = np.nan
+                    continue
                 if n > m:
                     _keep_top(cxp, cip, n, m)
                     n = m
