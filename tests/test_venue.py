@@ -73,7 +73,9 @@ def test_venue_rows_match_each_methodology(book):
     assert (m.loc[m["venue"] == "binance", "im_usd"] == 0.0).all()
     held = {(a, v) for a, v in zip(book.accounts[book.positions.account_idx],
                                    book.instruments.venue[book.positions.instrument_idx])}
+    held |= {(a, v) for a, v in zip(book.accounts[book.balances.account_idx], book.balances.venue)}
     assert {(a, v) for a, v in zip(m["account_id"], m["venue"])} == held
+    assert res.summary["accounts"] == m["account_id"].nunique() == len(set(book.accounts))
 
 
 def _spot_book(tmp_path, qty, venue_name="binance", kind="spot"):
@@ -88,10 +90,13 @@ def _spot_book(tmp_path, qty, venue_name="binance", kind="spot"):
 def test_spot_methodology(tmp_path):
     p = venue.Params(spot_short_rate=0.5)
     long_ = run(venue, _spot_book(tmp_path, 2.0), p).tables["margin"].iloc[0]
-    assert long_["im_usd"] == 0.0 and long_["equity_usd"] == 80_000.0 and long_["methodology"] == "spot"
+    # equity: 80,000 USDT balance + 2 BTC spot held at 50,000
+    assert long_["im_usd"] == 0.0 and long_["equity_usd"] == 180_000.0 and long_["methodology"] == "spot"
     short = run(venue, _spot_book(tmp_path, -1.5), p).tables["margin"].iloc[0]
     assert short["im_usd"] == pytest.approx(0.5 * 1.5 * 50_000.0, rel=1e-15)
-    assert short["excess_usd"] == pytest.approx(80_000.0 - 37_500.0, rel=1e-15)
+    # a short spot holding is a liability: 80,000 − 1.5 × 50,000
+    assert short["equity_usd"] == pytest.approx(5_000.0, rel=1e-15)
+    assert short["excess_usd"] == pytest.approx(5_000.0 - 37_500.0, rel=1e-15)
 
 
 def test_unmapped_venue_and_wrong_instrument_are_errors(tmp_path):
@@ -149,3 +154,82 @@ def test_delta_one_margin_scales_linearly(k):
         a, c = run(mod, b).tables["margin"], run(mod, bk).tables["margin"]
         assert len(a) > 0
         np.testing.assert_allclose(c[col].to_numpy(), k * a[col].to_numpy(), rtol=1e-10)
+
+
+def _holdings_tables():
+    """Spot at binance and at OKX, an OKX perpetual, and an account with balances only."""
+    ins = pd.DataFrame([
+        ["BTCUSDT", "binance", "BTC", "spot", "linear", 1.0, "", "", ""],
+        ["BTC-USDT", "okx", "BTC", "spot", "linear", 1.0, "", "", ""],
+        ["BTC-USDT-SWAP", "okx", "BTC", "perpetual", "linear", 0.01, "", "", ""],
+    ], columns=INSTRUMENT_COLS)
+    # spot marks differ from the index so the test sees which price values which holding
+    mk = pd.DataFrame({"instrument_id": ["BTCUSDT", "BTC-USDT", "BTC-USDT-SWAP"],
+                       "underlying_price": [60_000.0, 60_050.0, 60_100.0], "implied_vol": [np.nan] * 3})
+    idx = pd.DataFrame({"underlying": ["BTC", "USDT"], "price": [59_900.0, 1.0]})
+    pos = pd.DataFrame({"account_id": ["a", "b", "b"], "instrument_id": ["BTCUSDT", "BTC-USDT", "BTC-USDT-SWAP"],
+                        "quantity": [0.5, 0.2, -100.0]})
+    bal = pd.DataFrame({"account_id": ["a", "b", "b", "c", "c"], "venue": ["binance", "okx", "okx", "deribit", "okx"],
+                        "asset": ["USDT", "USDT", "BTC", "USDT", "BTC"], "amount": [5_000.0, 10_000.0, 0.1, 1_000.0, 0.01]})
+    return ins, mk, idx, pos, bal
+
+
+def test_equity_counts_spot_holdings_and_every_pair_has_a_row(tmp_path):
+    ins, mk, idx, pos, bal = _holdings_tables()
+    book = write_book(tmp_path / "h", "2025-01-02T00:00:00Z", ins, mk, idx, pos, bal)
+    m = run(venue, book).tables["margin"].set_index(["account_id", "venue"])
+    # every pair of the positions or the balances, and only those
+    assert sorted(m.index) == [("a", "binance"), ("b", "okx"), ("c", "deribit"), ("c", "okx")]
+    # hand computation: balances at the index (stablecoins 1), spot positions at their mark
+    assert m.loc[("a", "binance"), "equity_usd"] == pytest.approx(5_000.0 + 0.5 * 60_000.0, rel=1e-15)
+    assert m.loc[("b", "okx"), "equity_usd"] == pytest.approx(10_000.0 + 0.1 * 59_900.0 + 0.2 * 60_050.0, rel=1e-15)
+    assert m.loc[("c", "deribit"), "equity_usd"] == 1_000.0
+    assert m.loc[("c", "okx"), "equity_usd"] == pytest.approx(0.01 * 59_900.0, rel=1e-15)
+    # balance-only pairs: nothing margined, the venue's methodology, excess = equity
+    for key, meth in ((("c", "deribit"), "deribit"), (("c", "okx"), "okx")):
+        r = m.loc[key]
+        assert r["methodology"] == meth and r["currency"] == "USD"
+        assert r["im"] == r["mm"] == r["im_usd"] == r["mm_usd"] == 0.0 and r["excess_usd"] == r["equity_usd"]
+    # OKX's own account row carries the same equity (spot included) and a positive requirement
+    o = run(okx, book).tables["margin"]
+    ob = o[(o["level"] == "account") & (o["account_id"] == "b")].iloc[0]
+    assert ob["equity"] == pytest.approx(m.loc[("b", "okx"), "equity_usd"], rel=1e-15)
+    assert m.loc[("b", "okx"), "im_usd"] == pytest.approx(ob["imr"], rel=1e-15) and ob["imr"] > 0.0
+    assert set(o["account_id"]) == {"b"}  # okx alone margins only accounts with positions there
+
+
+def test_unpriced_holdings_are_errors_not_zero():
+    ins, mk, idx, pos, bal = _holdings_tables()
+    # Book.from_frames does not validate: a coin balance with no index row reaches the models
+    bal_sol = pd.concat([bal, pd.DataFrame({"account_id": ["b"], "venue": ["okx"], "asset": ["SOL"],
+                                            "amount": [3.0]})], ignore_index=True)
+    b = Book.from_frames("2025-01-02T00:00:00Z", ins, mk, idx, pos, bal_sol)
+    for mod in (venue, okx):
+        with pytest.raises(GpuriskError, match=r"SOL.*no index price"):
+            run(mod, b)
+    # a spot position without a usable mark
+    b = Book.from_frames("2025-01-02T00:00:00Z", ins, mk.assign(underlying_price=[np.nan, 60_050.0, 60_100.0]),
+                         idx, pos, bal)
+    with pytest.raises(GpuriskError, match="BTCUSDT.*underlying_price"):
+        run(venue, b)
+
+
+def test_balance_at_an_unmapped_venue_is_an_error(tmp_path):
+    ins, mk, idx, pos, bal = _holdings_tables()
+    bal = pd.concat([bal, pd.DataFrame({"account_id": ["c"], "venue": ["kraken"], "asset": ["USDT"],
+                                        "amount": [1.0]})], ignore_index=True)
+    book = write_book(tmp_path / "k", "2025-01-02T00:00:00Z", ins, mk, idx, pos, bal)
+    with pytest.raises(ConfigError, match="kraken"):
+        run(venue, book)
+
+
+def test_coverage_lists_the_pairs_each_model_must_report(book):
+    """The batch layer's coverage check reads these: they equal the pairs each model outputs."""
+    for mod, params in ((venue, venue.load_params(str(VENUES_TOML))), (deribit, None), (okx, None)):
+        p = mod.plan(book, params)
+        stats, _ = execute(p, "reference")
+        m = mod.finalize(p, stats).tables["margin"]
+        want = mod.coverage(p)
+        got = m[["account_id", "venue"]].drop_duplicates().sort_values(["account_id", "venue"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want.reset_index(drop=True), check_dtype=False)
+        assert len(want) > 0

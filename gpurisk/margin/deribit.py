@@ -40,7 +40,8 @@ from ..errors import GpuriskError
 from ..pricing import VOL_MODE_CODES, PricingInputs, VolTerm, _ndtr, pricing_inputs
 from ..scenarios import ScenarioSet
 from .plan import Leg, MarginResult, Plan
-from .venue import check_market, group_portfolios, load_params_file, row_of_entries, take_rows, venue_positions
+from .venue import (check_market, covered_pairs, group_portfolios, load_params_file, row_of_entries, take_rows,
+                    venue_positions)
 
 MODEL = "deribit"
 USD = "USD"
@@ -377,6 +378,12 @@ def _equity(book: Book, rows: pd.DataFrame) -> np.ndarray:
     return keys.merge(bal, on=["account_idx", "venue", "currency"], how="left")["amount"].fillna(0.0).to_numpy()
 
 
+def coverage(plan: Plan) -> pd.DataFrame:
+    """The (account_id, venue) pairs the ``margin`` table must hold: every account with a
+    non-zero position at one of the model's venues (the batch layer checks the output)."""
+    return covered_pairs(plan.context["book"], plan.context["params"].venues)
+
+
 def risk_vectors(plan: Plan, table: pd.DataFrame, top: int) -> pd.DataFrame:
     """Scenario P&L (raw and counted) of the ``top`` largest requirements (by IM in USD).
 
@@ -439,7 +446,7 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     if not parts:
         empty = pd.DataFrame(columns=cols)
         return MarginResult(MODEL, {"margin": empty, "risk_vectors": risk_vectors(plan, pd.DataFrame(), 0)},
-                            {"model": MODEL, "n_rows": 0, "n_accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0})
+                            {"model": MODEL, "n_rows": 0, "accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0})
     pair_table = pd.concat(parts, ignore_index=True)
     # one row per account × currency: sum over the currency's underlyings (one for a coin)
     g = pair_table.groupby(["account_idx", "account_id", "venue", "currency"], sort=True)
@@ -459,7 +466,7 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "model": MODEL,
         "venues": list(params.venues),
         "n_rows": int(len(margin)),
-        "n_accounts": int(margin["account_id"].nunique()),
+        "accounts": int(margin["account_id"].nunique()),
         "currencies": sorted(margin["currency"].unique().tolist()),
         "im_usd_total": float(margin["im_usd"].sum()),
         "mm_usd_total": float(margin["mm_usd"].sum()),
@@ -468,5 +475,5 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     return MarginResult(MODEL, {"margin": margin, "risk_vectors": vectors}, summary)
 
 
-__all__ = ["Params", "PairParams", "CurrencyParams", "load_params", "plan", "finalize",
+__all__ = ["Params", "PairParams", "CurrencyParams", "load_params", "plan", "finalize", "coverage",
            "standard_scenarios", "extended_scenario"]

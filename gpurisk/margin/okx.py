@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from ..backends import MeasureSpec, TailStats
-from ..book import FUTURE, OPTION, PERPETUAL, SPOT, STABLECOINS, Book
+from ..book import FUTURE, OPTION, PERPETUAL, SPOT, Book
 from ..pricing import VOL_MODE_CODES, VolTerm, pricing_inputs
 from ..scenarios import ScenarioSet
 from .plan import Leg, MarginResult, Plan
-from .venue import check_market, group_portfolios, load_params_file, row_of_entries, venue_positions
+from .venue import (check_market, covered_pairs, group_portfolios, holdings_usd, load_params_file, row_of_entries,
+                    venue_positions)
 
 MODEL = "okx"
 OTHERS = "others"
@@ -249,23 +250,20 @@ def _unit_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], para
     })
 
 
-def _equity_usd(book: Book, rows: pd.DataFrame) -> np.ndarray:
-    """[R] each row's balances at its venue in USD (coins at the index, stablecoins at 1, no haircut)."""
-    b = book.balances
-    if len(b.amount) == 0 or len(rows) == 0:
-        return np.zeros(len(rows))
-    asset = b.asset.astype(str)
-    price = np.ones(len(asset))
-    coin = ~np.isin(asset, np.asarray(STABLECOINS, dtype=object))
-    u = book.market.underlyings
-    pos = np.clip(np.searchsorted(u, asset[coin]), 0, max(len(u) - 1, 0))
-    known = (len(u) > 0) & (u[pos] == asset[coin]) if coin.any() else np.zeros(0, bool)
-    price_c = np.full(coin.sum(), np.nan)
-    price_c[known] = book.market.index_price[pos[known]]
-    price[coin] = price_c
-    df = pd.DataFrame({"account_idx": b.account_idx, "venue": b.venue, "usd": b.amount * price})
-    bal = df.groupby(["account_idx", "venue"], as_index=False)["usd"].sum(min_count=1)
+def _equity_usd(book: Book, rows: pd.DataFrame, venues) -> np.ndarray:
+    """[R] each row's holdings at its venue in USD: balances (coins at the index, stablecoins
+    at 1, no haircut) plus spot positions at their mark (``venue.holdings_usd``, which
+    raises on a coin or spot position with no price)."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    bal = holdings_usd(book, venues)
     return rows[["account_idx", "venue"]].merge(bal, on=["account_idx", "venue"], how="left")["usd"].fillna(0.0).to_numpy()
+
+
+def coverage(plan: Plan) -> pd.DataFrame:
+    """The (account_id, venue) pairs the ``margin`` table must hold: every account with a
+    non-zero position at one of the model's venues (the batch layer checks the output)."""
+    return covered_pairs(plan.context["book"], plan.context["params"].venues)
 
 
 def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
@@ -278,13 +276,13 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     parts = [_unit_table(g, plan.legs, stats, params) for g in plan.context["groups"]]
     if not parts:
         return MarginResult(MODEL, {"margin": pd.DataFrame(columns=cols)},
-                            {"model": MODEL, "n_rows": 0, "n_accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0})
+                            {"model": MODEL, "n_rows": 0, "accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0})
     units = pd.concat(parts, ignore_index=True)
     units["level"] = "risk_unit"
     acct = units.groupby(["account_idx", "account_id", "venue"], sort=True, as_index=False)[mr_cols].sum()
     acct["level"] = "account"
     acct["risk_unit"] = "ALL"
-    acct["equity"] = _equity_usd(book, acct)
+    acct["equity"] = _equity_usd(book, acct, params.venues)
     acct["excess"] = acct["equity"] - acct["imr"]
     units["equity"] = np.nan
     units["excess"] = np.nan
@@ -304,11 +302,11 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "venues": list(params.venues),
         "n_rows": int(len(margin)),
         "n_risk_units": int((margin["level"] == "risk_unit").sum()),
-        "n_accounts": int(a["account_id"].nunique()),
+        "accounts": int(a["account_id"].nunique()),
         "im_usd_total": float(a["im_usd"].sum()),
         "mm_usd_total": float(a["mm_usd"].sum()),
     }
     return MarginResult(MODEL, {"margin": margin}, summary)
 
 
-__all__ = ["Params", "load_params", "plan", "finalize", "tiered", "mr1_scenarios", "mr6_scenarios", "mr2_scenarios"]
+__all__ = ["Params", "load_params", "plan", "finalize", "coverage", "tiered", "mr1_scenarios", "mr6_scenarios", "mr2_scenarios"]

@@ -4,8 +4,14 @@ The venue table (``jobs/params/venues.toml``) maps each ``instruments.venue`` to
 methodology: ``deribit`` (gpurisk.margin.deribit, S:PM in the settlement coin),
 ``okx`` (gpurisk.margin.okx, per risk unit in USD) or ``spot`` (fully paid spot:
 long holdings need no margin; a short spot position is charged
-``spot_short_rate`` × its USD notional, an assumption). A venue of the book that
-the table does not name is an error naming it, never silently dropped.
+``spot_short_rate`` × its USD notional, an assumption). A venue of the book (in
+the positions or the balances) that the table does not name is an error naming it,
+never silently dropped.
+
+Every account × venue pair present in the positions or the balances has one row;
+a pair with nothing margined there carries IM 0. ``equity_usd`` is the pair's
+holdings in USD: balances (coins at the index price, stablecoins at 1) plus the mark
+value of its spot positions at that venue (``holdings_usd``).
 
 This module also holds ``load_params_file``, the venue models' shared reader: the
 TOML file overlaid on the code defaults (tables merge entry by entry), then read
@@ -210,8 +216,9 @@ def _submodel_params(params: Params):
 
 
 def _check_venues(book: Book, params: Params) -> None:
-    held = pd.unique(book.instruments.venue[book.positions.instrument_idx]) if len(book.positions.quantity) else []
-    unmapped = sorted(set(map(str, held)) - set(params.venues))
+    held = set(map(str, pd.unique(book.instruments.venue[book.positions.instrument_idx])))
+    held |= set(map(str, pd.unique(np.asarray(book.balances.venue, dtype=object))))
+    unmapped = sorted(held - set(params.venues))
     if unmapped:
         raise ConfigError(
             f"venue table has no methodology for venue(s) {unmapped}; add [venues.NAME] methodology = ... "
@@ -262,26 +269,93 @@ def _spot_rows(book: Book, venues: tuple[str, ...], rate: float) -> pd.DataFrame
     return out.drop(columns="account_idx")
 
 
-def _equity_usd(book: Book) -> pd.DataFrame:
-    """Balances per account × venue in USD at the index price (stablecoins at 1, no haircut)."""
-    b = book.balances
-    if len(b.amount) == 0:
-        return pd.DataFrame(columns=["account_id", "venue", "equity_usd"])
-    asset = b.asset.astype(str)
+def holdings_usd(book: Book, venues=None) -> pd.DataFrame:
+    """USD value of each account's holdings per venue: columns ``account_idx``, ``venue``, ``usd``.
+
+    Holdings are the balances (coins at the index price, stablecoins at 1, no haircut) plus
+    the spot positions held at that venue at their mark (``contract_size`` ×
+    ``underlying_price`` × ``quantity``): spot holdings are positions, not balances
+    (docs/data-format.md). ``venues`` restricts both to those venues (None: all).
+    A balance coin with no index price, or a spot position with no usable mark, is a
+    GpuriskError naming it, never a silent zero.
+    """
+    b, ins, pos = book.balances, book.instruments, book.positions
+    keep_b = np.ones(len(b.amount), bool)
+    s_sel = ins.kind[pos.instrument_idx] == SPOT
+    if venues is not None:
+        vv = np.asarray(tuple(venues), dtype=object)
+        keep_b = np.isin(b.venue, vv)
+        s_sel &= np.isin(ins.venue[pos.instrument_idx], vv)
+    asset = b.asset[keep_b].astype(str)
     price = np.ones(len(asset))
     coins = ~np.isin(asset, np.asarray(STABLECOINS, dtype=object))
     if coins.any():
         u = book.market.underlyings
-        pos = np.clip(np.searchsorted(u, asset[coins]), 0, max(len(u) - 1, 0))
-        ok = (len(u) > 0) & (u[pos] == asset[coins])
+        at = np.clip(np.searchsorted(u, asset[coins]), 0, max(len(u) - 1, 0))
+        ok = (u[at] == asset[coins]) if len(u) else np.zeros(int(coins.sum()), bool)
         if not np.all(ok):
             missing = sorted(set(asset[coins][~ok].tolist()))
             raise GpuriskError(f"balances hold asset(s) {missing} with no index price in the book")
-        price[coins] = book.market.index_price[pos]
-    df = pd.DataFrame({"account_idx": b.account_idx, "venue": b.venue, "equity_usd": b.amount * price})
-    out = df.groupby(["account_idx", "venue"], sort=True, as_index=False)["equity_usd"].sum()
+        price[coins] = book.market.index_price[at]
+    s_ins = pos.instrument_idx[s_sel]
+    mark = book.market.underlying_price[s_ins]
+    bad = ~np.isfinite(mark) | (mark <= 0.0)
+    if bad.any():
+        raise GpuriskError(
+            f"spot position in {ins.instrument_id[s_ins[np.argmax(bad)]]} has no usable underlying_price "
+            "in the market snapshot; it cannot be valued as equity"
+        )
+    df = pd.DataFrame({
+        "account_idx": np.concatenate([b.account_idx[keep_b], pos.account_idx[s_sel]]).astype(np.int64),
+        "venue": np.concatenate([np.asarray(b.venue[keep_b], dtype=object), ins.venue[s_ins].astype(object)]),
+        "usd": np.concatenate([b.amount[keep_b] * price, pos.quantity[s_sel] * ins.contract_size[s_ins] * mark]),
+    })
+    return df.groupby(["account_idx", "venue"], sort=True, as_index=False)["usd"].sum()
+
+
+def _equity_usd(book: Book) -> pd.DataFrame:
+    """Holdings per account × venue in USD (balances plus spot positions, see ``holdings_usd``)."""
+    out = holdings_usd(book).rename(columns={"usd": "equity_usd"})
     out.insert(0, "account_id", book.accounts[out["account_idx"].to_numpy()])
     return out.drop(columns="account_idx")
+
+
+def account_venue_pairs(book: Book, positions=True, balances=True, venues=None) -> pd.DataFrame:
+    """Sorted unique (``account_id``, ``venue``) pairs present in the positions and/or balances.
+
+    ``venues`` restricts the pairs to those venues (None: all).
+    """
+    pos, b = book.positions, book.balances
+    acct, ven = [], []
+    if positions:
+        acct.append(pos.account_idx)
+        ven.append(book.instruments.venue[pos.instrument_idx].astype(object))
+    if balances:
+        acct.append(b.account_idx)
+        ven.append(np.asarray(b.venue, dtype=object))
+    df = pd.DataFrame({"account_idx": np.concatenate(acct).astype(np.int64) if acct else np.zeros(0, np.int64),
+                       "venue": np.concatenate(ven) if ven else np.zeros(0, object)})
+    if venues is not None:
+        df = df[df["venue"].isin(list(venues))]
+    df = df.drop_duplicates().sort_values(["account_idx", "venue"], kind="stable")
+    return pd.DataFrame({"account_id": book.accounts[df["account_idx"].to_numpy()], "venue": df["venue"].to_numpy()})
+
+
+def covered_pairs(book: Book, venues) -> pd.DataFrame:
+    """Sorted unique (``account_id``, ``venue``) pairs of the non-zero positions at ``venues``:
+    the rows a venue replica (deribit, okx) margins."""
+    sel = venue_positions(book, venues)
+    pos = book.positions
+    df = pd.DataFrame({"account_idx": pos.account_idx[sel].astype(np.int64),
+                       "venue": book.instruments.venue[pos.instrument_idx[sel]].astype(object)})
+    df = df.drop_duplicates().sort_values(["account_idx", "venue"], kind="stable")
+    return pd.DataFrame({"account_id": book.accounts[df["account_idx"].to_numpy()], "venue": df["venue"].to_numpy()})
+
+
+def coverage(plan: Plan) -> pd.DataFrame:
+    """The (account_id, venue) pairs the venue model's ``margin`` table must hold: every pair
+    present in the positions or the balances (the batch layer checks the output against it)."""
+    return account_venue_pairs(plan.context["book"])
 
 
 def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
@@ -329,6 +403,16 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
             parts.append(s)
     cols = ["account_id", "venue", "methodology", "currency", "im", "mm", "im_usd", "mm_usd"]
     margin = pd.concat([p[cols] for p in parts], ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    # every account × venue pair present in positions or balances gets a row: pairs with nothing
+    # margined (balances only, or zero quantities) carry IM 0 and their equity
+    keys = account_venue_pairs(book)
+    margin = keys.merge(margin, on=["account_id", "venue"], how="left", validate="one_to_many")
+    empty = margin["methodology"].isna()
+    if empty.any():
+        meth = {v: spec.methodology for v, spec in params.venues.items()}
+        margin.loc[empty, "methodology"] = margin.loc[empty, "venue"].map(meth).to_numpy()
+        margin.loc[empty, "currency"] = "USD"
+        margin.loc[empty, ["im", "mm", "im_usd", "mm_usd"]] = 0.0
     eq = _equity_usd(book)
     margin = margin.merge(eq, on=["account_id", "venue"], how="left")
     margin["equity_usd"] = margin["equity_usd"].fillna(0.0)
@@ -338,11 +422,12 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     tables["margin"] = margin
     summary.update(
         n_rows=int(len(margin)),
-        n_accounts=int(margin["account_id"].nunique()) if len(margin) else 0,
+        accounts=int(margin["account_id"].nunique()) if len(margin) else 0,
         im_usd_total=float(margin["im_usd"].sum()) if len(margin) else 0.0,
         mm_usd_total=float(margin["mm_usd"].sum()) if len(margin) else 0.0,
     )
     return MarginResult(model="venue", tables=tables, summary=summary)
 
 
-__all__ = ["Params", "VenueSpec", "load_params", "plan", "finalize", "load_params_file"]
+__all__ = ["Params", "VenueSpec", "load_params", "plan", "finalize", "coverage", "load_params_file",
+           "holdings_usd", "account_venue_pairs"]
