@@ -262,22 +262,31 @@ def _umask() -> int:
 
 
 def _atomic_write(path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, then ``os.replace`` it into place."""
+    """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, then ``os.replace`` it into place.
+
+    A file-system failure (the folder is a file, no permission, disk full) is a BookError
+    naming the path, not a traceback; the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise BookError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise BookError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
     return path
 

@@ -235,6 +235,20 @@ def test_write_json_text_csv(tmp_path):
     assert (tmp_path / "f.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
+def test_write_into_a_file_or_onto_a_folder_is_a_book_error(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    for writer, arg in ((write_parquet, _frame()), (write_csv, _frame()), (write_text, "x"), (write_json, {"a": 1})):
+        with pytest.raises(BookError, match="blocker") as e:
+            writer(arg, blocker / "sub" / "out.bin")  # the folder to create is a file
+        assert len(str(e.value).splitlines()) == 1
+    (tmp_path / "dir.parquet").mkdir()
+    with pytest.raises(BookError, match=r"dir\.parquet"):
+        write_parquet(_frame(), tmp_path / "dir.parquet")  # os.replace onto a folder
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "dir.parquet"]  # no temp file left behind
+    assert os.listdir(tmp_path / "dir.parquet") == []
+
+
 # ----------------------------------------------------------------------------- validate CLI
 
 

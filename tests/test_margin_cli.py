@@ -155,3 +155,40 @@ def test_unusable_backend_is_a_clean_error(book_dir, scen_file, tmp_path, capsys
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "gpu" in err and len(err.splitlines()) == 1
+
+
+def test_out_that_is_a_file_fails_cleanly(book_dir, tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("keep me")
+    rc = main(["margin", str(book_dir), "--model", "measures", "--out", str(f), "--backend", "reference"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and "taken" in err and "--out" in err
+    assert "Traceback" not in err and f.read_text() == "keep me"
+
+
+def test_out_that_cannot_be_written_fails_cleanly(book_dir, scen_file, tmp_path, capsys):
+    """A table path taken by a folder fails at the write as one line naming it."""
+    out = tmp_path / "o"
+    (out / "margin.parquet").mkdir(parents=True)
+    rc = main(["margin", str(book_dir), "--model", "measures", "--scenarios", str(scen_file), "--out", str(out),
+               "--backend", "reference"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and "margin.parquet" in err and "Traceback" not in err
+
+
+def test_printed_accounts_are_distinct_accounts_for_every_model(tmp_path, capsys):
+    """Venue models have several rows per account; the printed count and the summary count accounts."""
+    tb = generate_book(20, 4)
+    meta = tb.pop("meta")
+    d = tmp_path / "book"
+    io.write_book(d, tb, meta)
+    for model in ("venue", "okx", "deribit"):
+        out = tmp_path / model
+        assert main(["margin", str(d), "--model", model, "--out", str(out), "--backend", "reference"]) == 0
+        printed = capsys.readouterr().out
+        m = _read(out, "margin")
+        n = m["account_id"].nunique()
+        if model != "deribit":
+            assert len(m) > n  # several rows per account, so a row count would be wrong
+        assert f": {n} accounts," in printed
+        assert json.loads((out / "summary.json").read_text())["accounts"] == n

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import BookError, ConfigError
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -32,11 +32,24 @@ def add_parser(subparsers):
     return p
 
 
+def n_accounts(result) -> int:
+    """Distinct accounts in a result: the summary's ``accounts`` (every model states it), else
+    the distinct ``account_id`` of the margin table; never its row count, which is per
+    account × venue or per risk unit for the venue models."""
+    if "accounts" in result.summary:
+        return int(result.summary["accounts"])
+    m = result.tables["margin"]
+    return int(m["account_id"].nunique()) if "account_id" in m.columns else int(len(m))
+
+
 def run(args) -> int:
     from .. import io
     from ..margin import compute, get_model
 
     mod = get_model(args.model)  # unknown / unavailable model fails before any reading
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # before any work, not as a traceback at the first write
+        raise BookError(f"{out}: --out must be a folder, and a file of that name exists")
     params = mod.load_params(args.params)
     loaded = io.load_book(args.book, strict=args.strict)
     scenarios = None
@@ -45,7 +58,6 @@ def run(args) -> int:
 
         scenarios = read_scenarios(args.scenarios)
     result = compute(loaded.book, model=args.model, params=params, scenarios=scenarios, backend=args.backend)
-    out = Path(args.out)
     written = []
     for name, df in result.tables.items():
         if not _TABLE_NAME.match(name):
@@ -69,7 +81,7 @@ def run(args) -> int:
     )
     io.write_json(summary, out / "summary.json")
     print(
-        f"margin ({args.model}, backend {summary.get('backend')}): {summary.get('accounts', len(result.tables['margin']))} "
+        f"margin ({args.model}, backend {summary.get('backend')}): {n_accounts(result)} "
         f"accounts, {n_rejects} rejects -> {out}"
     )
     return 0
