@@ -44,12 +44,16 @@ REASONS = {
     "duplicate_instrument": "instrument_id repeats an earlier row",
     "missing_market_row": "instrument has no accepted market row",
     "option_without_vol": "option needs implied_vol > 0",
+    "implausible_vol": "implied_vol above 5.0 (500 %); vols are decimals, 0.62 not 62",
     "unknown_instrument": "instrument_id is not in the instruments table",
     "rejected_instrument": "instrument_id refers to a rejected instrument",
     "duplicate_market_row": "market row repeats an earlier row for the instrument",
     "duplicate_underlying": "index row repeats an earlier row for the underlying",
     "unknown_asset": "balance asset has no index price",
 }
+#: largest accepted option implied_vol (decimal): above it the vol was most likely given in percent
+MAX_IMPLIED_VOL = 5.0
+
 _REASON_LIST = list(REASONS)
 _REASON_CODE = {r: i + 1 for i, r in enumerate(_REASON_LIST)}  # 0 = accepted
 
@@ -340,6 +344,7 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     ck_mk.flag(m_opt & np.isnan(vol) & ~vmiss & ~vwrong, "implied_vol", "option_without_vol")
     ck_mk.flag(m_opt & np.isinf(vol), "implied_vol", "non_finite")
     ck_mk.flag(m_opt & np.isfinite(vol) & (vol <= 0), "implied_vol", "option_without_vol")
+    ck_mk.flag(m_opt & np.isfinite(vol) & (vol > MAX_IMPLIED_VOL), "implied_vol", "implausible_vol")
     # an accepted instrument needs an accepted market row
     has_row = np.zeros(len(ins), bool)
     has_row[m_pos[ck_mk.ok]] = True

@@ -61,6 +61,8 @@ SINGLE_CELL_CASES = [
     ("market", 4, "implied_vol", "nan", "option_without_vol"),
     ("market", 4, "implied_vol", "inf", "non_finite"),
     ("market", 4, "implied_vol", "high", "wrong_type"),
+    ("market", 2, "implied_vol", "62", "implausible_vol"),  # a vol in percent, not 0.62
+    ("market", 4, "implied_vol", "5.0001", "implausible_vol"),
     ("market", 3, "instrument_id", "NOPE", "unknown_instrument"),
     ("index", 1, "price", "0", "non_positive"),
     ("index", 1, "price", "abc", "wrong_type"),
@@ -117,6 +119,16 @@ def test_every_reason_code_is_exercised():
     others = {"duplicate_instrument", "duplicate_market_row", "duplicate_underlying", "missing_market_row",
               "rejected_instrument"}
     assert set(REASONS) == tested | others
+
+
+def test_vol_bound_is_inclusive_and_only_for_options():
+    """5.0 (500 %) is the largest accepted vol; a non-option's implied_vol is not read at all."""
+    t = tiny_tables()
+    t["market"].loc[2, "implied_vol"] = "5.0"
+    t["market"].loc[0, "implied_vol"] = "62"  # row 0 is not an option: its vol is ignored
+    clean, rejects, summary = validate(t, TINY_AS_OF)
+    assert len(rejects) == 0, rejects
+    assert summary["market"]["accepted"] == len(t["market"])
 
 
 def test_clean_book_has_no_rejects_and_builds(tiny):
