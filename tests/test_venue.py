@@ -170,7 +170,8 @@ def _holdings_tables():
     pos = pd.DataFrame({"account_id": ["a", "b", "b"], "instrument_id": ["BTCUSDT", "BTC-USDT", "BTC-USDT-SWAP"],
                         "quantity": [0.5, 0.2, -100.0]})
     bal = pd.DataFrame({"account_id": ["a", "b", "b", "c", "c"], "venue": ["binance", "okx", "okx", "deribit", "okx"],
-                        "asset": ["USDT", "USDT", "BTC", "USDT", "BTC"], "amount": [5_000.0, 10_000.0, 0.1, 1_000.0, 0.01]})
+                        "asset": ["USDT", "USDT", "BTC", "USDT", "BTC"],
+                        "amount": [5_000.0, 10_000.0, 0.1, 1_000.0, 0.01]})
     return ins, mk, idx, pos, bal
 
 

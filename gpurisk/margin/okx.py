@@ -257,7 +257,8 @@ def _equity_usd(book: Book, rows: pd.DataFrame, venues) -> np.ndarray:
     if len(rows) == 0:
         return np.zeros(0)
     bal = holdings_usd(book, venues)
-    return rows[["account_idx", "venue"]].merge(bal, on=["account_idx", "venue"], how="left")["usd"].fillna(0.0).to_numpy()
+    keyed = rows[["account_idx", "venue"]].merge(bal, on=["account_idx", "venue"], how="left")
+    return keyed["usd"].fillna(0.0).to_numpy()
 
 
 def coverage(plan: Plan) -> pd.DataFrame:
@@ -309,4 +310,5 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     return MarginResult(MODEL, {"margin": margin}, summary)
 
 
-__all__ = ["Params", "load_params", "plan", "finalize", "coverage", "tiered", "mr1_scenarios", "mr6_scenarios", "mr2_scenarios"]
+__all__ = ["Params", "load_params", "plan", "finalize", "coverage", "tiered", "mr1_scenarios", "mr6_scenarios",
+           "mr2_scenarios"]
