@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 
 from gpurisk.backends import TailStats
-from gpurisk.batch import JobError, RunOptions, run_job
+from gpurisk.batch import JobError, RunOptions, format_summary, run_job
 from gpurisk.batch.cluster import open_client
 from gpurisk.config import load_job
 from gpurisk.margin.plan import execute
 
-from test_batch_fixtures import get_model, load_book, read_outputs, toy_finalize, toy_plan, write_book_folder, write_job
+from test_batch_fixtures import (LoadedBook, get_model, load_book, read_outputs, toy_finalize, toy_plan,
+                                 write_book_folder, write_job)
 
 N_ACCOUNTS = 240
 
@@ -62,6 +63,11 @@ def test_matches_in_process_reference(job, client2):
     assert set(man["inputs"]) >= {"job", "book/positions.parquet", "book/book.toml"}
     assert man["counts"]["balanced"] and man["counts"]["accounts"] == N_ACCOUNTS
     assert (rep.run_dir / "metrics.prom").is_file() and (job.output / "gpurisk_toy.prom").is_file()
+    # every account of the book has a margin row, recorded per model
+    cov = man["coverage"]["house"]
+    assert cov == rep.coverage["house"]
+    assert (cov["expected"], cov["covered"], cov["missing"], cov["complete"]) == (N_ACCOUNTS, N_ACCOUNTS, 0, True)
+    assert f"coverage house: {N_ACCOUNTS}/{N_ACCOUNTS} account_id" in format_summary(rep)
 
 
 def test_second_run_is_byte_identical(job, client2):
@@ -150,6 +156,48 @@ def test_failing_task_fails_run_with_one_line(job, client2, monkeypatch):
     assert "ValueError: model exploded second line" in str(err.value) and "\n" not in str(err.value)
     prom = (job.output / "gpurisk_toy.prom").read_text()
     assert 'gpurisk_run_success{job="toy"} 0' in prom
+
+
+def test_model_that_drops_an_account_fails_the_run(job, client2, monkeypatch):
+    model = get_model("house")
+
+    def dropping_finalize(plan, stats):
+        res = toy_finalize(plan, stats)
+        m = res.tables["margin"]
+        res.tables["margin"] = m[m["account_id"] != m["account_id"].iloc[3]].reset_index(drop=True)
+        return res
+
+    monkeypatch.setattr(model, "finalize", dropping_finalize)
+    with pytest.raises(JobError) as err:
+        _run(job, client2)
+    msg = str(err.value)
+    assert "\n" not in msg and f"model house covers {N_ACCOUNTS - 1:,} of {N_ACCOUNTS:,} account_id" in msg
+    assert "1 missing, e.g. A00003" in msg
+    run_dir = next(p for p in job.output.iterdir() if (p / "manifest.json").is_file())
+    man = json.loads((run_dir / "manifest.json").read_text())
+    assert man["status"] == "failed" and man["coverage"]["house"]["missing_examples"] == ["A00003"]
+    assert not (job.output / "last_run-toy.json").exists()
+
+
+def test_rejects_that_disagree_with_the_loader_counts_fail_the_run(job, client2):
+    def lying_loader(path):
+        lb = load_book(path)
+        n = len(lb.book.positions.quantity)
+        # the loader claims one rejected position but its rejects table is empty
+        return LoadedBook(lb.book, lb.rejects, {"positions": {"input": n + 1, "accepted": n, "rejected": 1}})
+
+    with pytest.raises(JobError, match="row counts do not balance.*0 in the rejects table"):
+        run_job(job, RunOptions(progress=False), client=client2, get_model=get_model, book_loader=lying_loader)
+
+
+def test_output_paths_are_normalised(job, client2):
+    out = job.output.parent / "jobs" / ".." / "runs2"
+    rep = _run(job, client2, out=out)
+    assert rep.status == "succeeded"
+    assert rep.run_dir == job.output.parent / "runs2" / rep.run_id and ".." not in rep.run_dir.parts
+    assert f"output    {job.output.parent / 'runs2' / rep.run_id}\n" in format_summary(rep)
+    man = json.loads((rep.run_dir / "manifest.json").read_text())
+    assert all(".." not in v["path"].split(os.sep) for v in man["inputs"].values()) and ".." not in man["book"]
 
 
 def test_empty_chunks_concat_in_order():

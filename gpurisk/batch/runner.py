@@ -10,6 +10,12 @@ workers declare a GPU). Each finished chunk is checkpointed; the chunks are
 concatenated in order, the model's ``finalize`` makes the tables, and every
 output is written atomically into ``OUTPUT/<run_id>/<model label>/``.
 
+Coverage: each model's ``margin`` table must hold every account of the loaded book
+(or, for a model that defines ``coverage(plan)``, every key row it returns, such
+as the account × venue pairs of the venue models). Coverage per model is recorded
+in ``manifest.json`` and the run summary, and a model that drops accounts fails the
+run, as does a rejects table that disagrees with the loader's row counts.
+
 Nothing here loops over accounts: the unit of work is a chunk of portfolios.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import time
 import uuid
@@ -78,6 +85,7 @@ class RunReport:
     counts: dict = field(default_factory=dict)
     total_im: dict = field(default_factory=dict)  # {model label: {venue: USD}}
     calls: dict = field(default_factory=dict)  # {model label: {status: n}}
+    coverage: dict = field(default_factory=dict)  # {model label: {key, expected, covered, missing, ...}}
     outputs: dict = field(default_factory=dict)  # {relative path: sha256}
     alerts: list = field(default_factory=list)
     results: dict = field(default_factory=dict, repr=False)  # {label: MarginResult}
@@ -205,7 +213,7 @@ def run_job(job: JobConfig, options: RunOptions | None = None, *, client=None, g
     opts = options or RunOptions()
     if job.kind == "calibration":
         raise ConfigError(f"{job.path.name}: calibration jobs are not built yet; this job file is a placeholder")
-    out = Path(opts.out or job.output)
+    out = Path(os.path.normpath(opts.out or job.output))  # "jobs/../runs" prints and records as "runs"
     out.mkdir(parents=True, exist_ok=True)
     backend = opts.backend or job.backend
     chunk_size = opts.chunk_size or job.chunk_size
@@ -216,7 +224,7 @@ def run_job(job: JobConfig, options: RunOptions | None = None, *, client=None, g
 
     try:
         with stage("inputs"):
-            book_path = sources.book_folder(job, out, generate_cli)
+            book_path = Path(os.path.normpath(sources.book_folder(job, out, generate_cli)))
             files = sources.input_files(job, book_path)
             hashes, input_hash = manifest.hash_inputs(files, _fingerprint(job, backend))
         run_id, run_dir, man = _open_run(out, opts.resume, input_hash)
@@ -229,7 +237,8 @@ def run_job(job: JobConfig, options: RunOptions | None = None, *, client=None, g
                        backend=backend)
     man.update({
         "run_id": run_id, "job": job.name, "status": "running", "started": started.isoformat(),
-        "input_hash": input_hash, "inputs": {role: {"path": str(p), "sha256": hashes[role]} for role, p in files.items()},
+        "input_hash": input_hash,
+        "inputs": {role: {"path": os.path.normpath(p), "sha256": hashes[role]} for role, p in files.items()},
         "book": str(book_path), "parameters": {"job": to_dict(job), "options": to_dict(opts)},
         "code": manifest.code_version(), "resumed_from": opts.resume,
     })
@@ -434,18 +443,65 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
             atomic.write_json(run_dir / label / "summary.json", res.summary)
         report.total_im[label] = _frame_total_im(res, label)
         report.calls[label] = _frame_calls(res)
+        with stage("coverage"):
+            report.coverage[label] = model_coverage(modules[label], plan, book, res)
     with stage("write"):
         if isinstance(rejects, pd.DataFrame):
             atomic.write_parquet(rejects.reset_index(drop=True), run_dir / "rejects.parquet")
             report.outputs["rejects.parquet"] = atomic.sha256_file(run_dir / "rejects.parquet")
     report.counts.update(_row_counts(loaded, book))
+    man["coverage"] = report.coverage
+    short = {k: v for k, v in report.coverage.items() if not v["complete"]}
+    if short:
+        what = "; ".join(
+            f"model {k} covers {v['covered']:,} of {v['expected']:,} {'×'.join(v['key'])} "
+            f"({v['missing']:,} missing, e.g. {', '.join(v['missing_examples'])})"
+            if v.get("expected") is not None else f"model {k}: {v['error']}"
+            for k, v in short.items())
+        raise JobError(f"margin output incomplete: {what}")
+    if not report.counts["balanced"]:
+        c = report.counts
+        raise JobError(f"row counts do not balance: {c['input_rows']:,} input rows, {c['result_rows']:,} accepted, "
+                       f"{c['rejects']:,} in the rejects table")
+
+
+#: examples of missing keys named in the manifest and the error
+COVERAGE_EXAMPLES = 5
+
+
+def model_coverage(module, plan, book, res) -> dict:
+    """Which key rows a model's ``margin`` table must hold, and how many it does (vectorised).
+
+    The keys are ``module.coverage(plan)`` (a frame of key columns, e.g. account_id × venue)
+    when the model defines it, else every account of the loaded book (``account_id``).
+    Returns ``{key, expected, covered, missing, extra, complete, missing_examples}``;
+    ``extra`` counts output keys not in the expected set (reported, not an error).
+    """
+    fn = getattr(module, "coverage", None)
+    want = fn(plan) if callable(fn) else pd.DataFrame({"account_id": np.asarray(book.accounts, dtype=object)})
+    key = list(want.columns)
+    df = res.tables.get("margin")
+    if df is None or any(c not in df.columns for c in key):
+        return {"key": key, "expected": None, "covered": 0, "missing": None, "extra": None, "complete": False,
+                "missing_examples": [], "error": f"margin table lacks the key column(s) {key}"}
+    want = want.astype(str).drop_duplicates()
+    got = df[key].astype(str).drop_duplicates()
+    both = want.merge(got, on=key, how="outer", indicator=True)
+    missing = both[both["_merge"] == "left_only"]
+    examples = ["/".join(r) for r in missing[key].head(COVERAGE_EXAMPLES).itertuples(index=False, name=None)]
+    return {"key": key, "expected": int(len(want)), "covered": int((both["_merge"] == "both").sum()),
+            "missing": int(len(missing)), "extra": int((both["_merge"] == "right_only").sum()),
+            "complete": bool(len(missing) == 0), "missing_examples": examples}
 
 
 def _row_counts(loaded, book) -> dict:
     """accounts, input rows, accepted rows and rejects, with the check inputs = results + rejects.
 
     Reads the loader's per-table summary ``{table: {input, accepted, rejected}}``
-    (``gpurisk.validate``), else a flat ``input_rows``.
+    (``gpurisk.validate``), else a flat ``input_rows``. ``rejects`` is the length of the
+    rejects table itself when there is one, so ``balanced`` checks the loader's counts
+    against the rows it actually rejected (with only a flat ``input_rows`` it cannot be
+    checked and holds by construction).
     """
     rejects = getattr(loaded, "rejects", None)
     n_rej = int(len(rejects)) if rejects is not None else 0
@@ -454,7 +510,8 @@ def _row_counts(loaded, book) -> dict:
     if per_table:
         n_in = sum(int(v["input"]) for v in per_table.values())
         n_ok = sum(int(v["accepted"]) for v in per_table.values())
-        n_rej = sum(int(v.get("rejected", int(v["input"]) - int(v["accepted"]))) for v in per_table.values())
+        if rejects is None:
+            n_rej = sum(int(v.get("rejected", int(v["input"]) - int(v["accepted"]))) for v in per_table.values())
     else:
         n_in = int(summary.get("input_rows", n_rej))
         n_ok = n_in - n_rej
@@ -471,7 +528,7 @@ def _finish(job, out, run_dir, man, report, stage, t_start):
     report.timings = dict(stage.t)
     man.update({
         "status": report.status, "finished": report.finished, "error": report.error, "timings": report.timings,
-        "counts": report.counts, "total_im": report.total_im, "calls": report.calls,
+        "counts": report.counts, "total_im": report.total_im, "calls": report.calls, "coverage": report.coverage,
         "outputs": report.outputs, "workers": report.workers,
     })
     try:
@@ -519,6 +576,12 @@ def format_summary(report: RunReport) -> str:
     for model, by in report.calls.items():
         if by:
             lines.append(f"  calls {model}: " + ", ".join(f"{s} {n:,}" for s, n in by.items()))
+    for model, cov in report.coverage.items():
+        if cov.get("expected") is None:
+            lines.append(f"  coverage {model}: {cov.get('error', 'unchecked')}")
+        else:
+            lines.append(f"  coverage {model}: {cov['covered']:,}/{cov['expected']:,} {'×'.join(cov['key'])}"
+                         + ("" if cov["complete"] else f", {cov['missing']:,} MISSING"))
     if report.timings:
         lines.append("  stages    " + "  ".join(f"{k} {v:.2f}s" for k, v in report.timings.items()))
     if report.alerts:
