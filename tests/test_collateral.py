@@ -21,17 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_tier_value_by_hand():
     p = coll.CollateralParams()
-    assets = np.array(["USDT", "USDT", "BTC", "ETH", "USD", "DOGE", "BTC"], dtype=object)
-    value = np.array([30e6, 5e6, 25e6, 60e6, 1e9, 1e6, -2e6])
+    assets = np.array(["USDT", "USDT", "BTC", "ETH", "USD", "DOGE", "BTC", "BTC", "ETH"], dtype=object)
+    value = np.array([30e6, 5e6, 25e6, 60e6, 1e9, 1e6, -2e6, 300e6, 150e6])
     got = coll.tier_value(assets, value, p)
     want = [
         10e6 * 1.0 + 20e6 * 0.975,  # USDT: first 10M at 1, next 20M at 0.975
         5e6,
-        5e6 * 0.95 + 15e6 * 0.90 + 5e6 * 0.80,  # BTC 25M
-        5e6 * 0.90 + 15e6 * 0.85 + 30e6 * 0.70 + 10e6 * 0.0,  # ETH 60M
+        1e6 * 0.995 + 9e6 * 0.99 + 15e6 * 0.98,  # BTC 25M
+        1e6 * 0.99 + 9e6 * 0.98 + 40e6 * 0.96 + 10e6 * 0.92,  # ETH 60M
         1e9,
         0.0,  # DOGE: no schedule, default rate 0
         -2e6,  # a debt counts in full
+        1e6 * 0.995 + 9e6 * 0.99 + 40e6 * 0.98 + 150e6 * 0.95 + 100e6 * 0.0,  # BTC beyond 200M: not accepted
+        1e6 * 0.99 + 9e6 * 0.98 + 40e6 * 0.96 + 50e6 * 0.92 + 50e6 * 0.0,  # ETH beyond 100M: not accepted
     ]
     np.testing.assert_allclose(got, want, rtol=1e-14)
 
@@ -44,6 +46,26 @@ def test_tier_value_is_continuous_and_monotone():
         assert np.all(np.diff(hv) >= -1e-6)
         assert np.all(np.abs(np.diff(hv)) <= np.diff(v) + 1e-6)  # slope = rate ≤ 1, no jumps
         assert np.all(hv <= v + 1e-6)
+
+
+@pytest.mark.parametrize("coin", ["BTC", "ETH"])
+def test_default_coin_haircuts_cover_the_liquidation_cost(coin):
+    # The haircut prices what the scenarios do not: selling the holding. Square-root impact: selling V USD
+    # costs Y·σ·V·sqrt(V/ADV), so the marginal dollar at V costs 1.5·Y·σ·sqrt(V/ADV). Independent inputs,
+    # from the raw daily bars at the calibration date: σ = std of daily log returns over the whole shipped
+    # history (through the 2020 and 2022 crashes), ADV = mean daily traded value over the last 365 days, Y = 1.
+    bars = pd.read_csv(REPO / "datasets" / "market" / "daily" / f"{coin}USDT_1d.csv")
+    bars = bars.set_index(pd.to_datetime(bars["timestamp"])).sort_index().loc[:"2024-12-31"]
+    sigma = np.std(np.diff(np.log(bars["close"].to_numpy())), ddof=1)
+    adv = float((bars["close"] * bars["volume"]).tail(365).mean())
+    tiers = coll.CollateralParams().tiers[coin]
+    bounds = [b for b, _ in tiers[:-1]]
+    for (upper, rate) in tiers[:-1]:
+        marginal = 1.5 * sigma * math.sqrt(upper / adv)
+        assert 1.0 - rate >= 2.0 * marginal, (coin, upper)  # a margin of safety of 2 on every slice
+    assert tiers[0][1] >= 0.99  # small holdings: at most 1 % haircut
+    assert all(b[1] >= a[1] for a, b in zip(tiers[1:], tiers))  # progressive: rates never rise with size
+    assert tiers[-1] == (math.inf, 0.0) and bounds[-1] <= 0.10 * adv  # not accepted beyond 10 % of a day's volume
 
 
 def test_default_rate_applies_to_unknown_assets():
@@ -70,11 +92,11 @@ def test_equity_sums_venues_before_tiering():
     eq, raw = coll.equity(book, ci, coll.CollateralParams(), "account")
     btc = 10 * PRICES["BTC"]
     assert raw[0] == pytest.approx(16e6 + btc)
-    assert eq[0] == pytest.approx(10e6 + 6e6 * 0.975 + 0.95 * btc)
+    assert eq[0] == pytest.approx(10e6 + 6e6 * 0.975 + 0.995 * btc)  # 600,000 of BTC: first slice
     eqv, rawv = coll.equity(book, ci, coll.CollateralParams(), "account_venue")
     ports = coll.portfolios_with_collateral(book, ci, "account_venue")
     got = dict(zip(ports.key["venue"], eqv))
-    assert got == pytest.approx({"deribit": 8e6 + 0.95 * btc, "okx": 8e6})
+    assert got == pytest.approx({"deribit": 8e6 + 0.995 * btc, "okx": 8e6})
 
 
 def test_collateral_pseudo_instruments_and_csr():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import integrate
+from scipy import stats as sps
 from scipy.stats import norm
 from test_measures import PRICES, make_book, random_positions
 
@@ -62,7 +65,8 @@ def test_im_components_by_hand():
     D = 2 * 60_000.0
     losses = np.sort(-D * shocks)[::-1]
     es = losses[:1].mean()  # k = ceil(0.01 * 100) = 1
-    assert m["es_99"] == pytest.approx(es)
+    assert m["es_99"] == pytest.approx(es) and m["es_99_user"] == m["es_99"]
+    assert m["base"] == pytest.approx(es) and m["base_component"] == "user"  # a caller's set is one component
     date = house.history_date(book.as_of)
     assert date == pd.Timestamp("2024-05-31")
     sigma = _ewma_vol_loop("BTC", date, 0.94)
@@ -119,6 +123,25 @@ def test_history_date_clamps_to_last_bar():
     assert house.history_date(np.datetime64("2026-03-01T08:00:00")) == pd.Timestamp("2024-12-31")
     assert house.history_date(np.datetime64("2024-06-10T12:00:00")) == pd.Timestamp("2024-06-09")
     assert house.history_date(np.datetime64("2024-06-10T00:00:00")) == pd.Timestamp("2024-06-09")
+    # 2026-03-01 08:00 could use the bar of 2026-02-28: 424 days after 2024-12-31
+    assert house.history_lag_days(np.datetime64("2026-03-01T08:00:00")) == (
+        pd.Timestamp("2026-02-28") - pd.Timestamp("2024-12-31")).days == 424
+    assert house.history_lag_days(np.datetime64("2025-01-01T00:00:00")) == 0  # the last bar is usable then
+
+
+def test_book_after_the_history_warns_and_reports_the_date(caplog):
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
+    p = house.Params(cross_venue=False)
+    with caplog.at_level(logging.WARNING, logger="gpurisk.margin.house"):
+        res = gm.compute(make_book(pos, as_of="2025-03-01T00:00:00Z"), "house", params=p, scenarios=_sset(50),
+                         backend="reference")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "gpurisk.margin.house"]
+    assert len(warned) == 1 and "2024-12-31" in warned[0].getMessage() and "59 days" in warned[0].getMessage()
+    assert res.summary["history_date"] == "2024-12-31" and res.summary["history_lag_days"] == 59  # bar of 2025-02-28
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gpurisk.margin.house"):
+        res = gm.compute(make_book(pos), "house", params=p, scenarios=_sset(50), backend="reference")
+    assert not caplog.records and res.summary["history_lag_days"] == 0
 
 
 def test_hedged_book_pays_the_floor():
@@ -209,12 +232,190 @@ def test_default_scenario_set_is_fhs_mc_and_stress():
                      as_of="2026-03-01T00:00:00Z")
     s = house.default_scenarios(book, house.Params())
     kinds = [part["kind"] for part in s.metadata["parts"]]
-    assert kinds == ["historical", "montecarlo", "stress"] or kinds[0] == "historical"
+    assert kinds == ["historical", "montecarlo", "stress"]
     n = {part["kind"]: part["n_scenarios"] for part in s.metadata["parts"]}
-    assert n.get("montecarlo", 0) >= 10_000 and n["historical"] >= 1_000 and n["stress"] >= 1
+    assert n["montecarlo"] == 10_000 and n["historical"] >= 1_000 and n["stress"] >= 1
     assert s.n_scenarios == sum(n.values())
     assert s.horizon_days == 2.0
     assert {"ETH", "USDT"} <= set(s.underlyings)
+
+
+def test_plan_has_one_leg_per_grouping_and_component():
+    book = make_book(pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-ETH-PERP"], "quantity": [1.0]}))
+    comps = house.default_components(book, house.Params(mc_scenarios=500))
+    assert list(comps) == ["historical", "montecarlo", "stress"]
+    assert [c.kind for c in comps.values()] == ["historical", "montecarlo", "stress"]
+    assert comps["montecarlo"].n_scenarios == 500
+    pl = house.plan(book, house.Params(mc_scenarios=500), comps)
+    assert list(pl.legs) == [f"{g}/{c}" for c in comps for g in ("account", "account_venue")]
+    # the two groupings of a component share one revaluation; components never share one
+    keys = {name: leg.pnl_key() for name, leg in pl.legs.items()}
+    assert len(set(keys.values())) == 3 and keys["account/stress"] == keys["account_venue/stress"]
+    no_mc = house.default_components(book, house.Params(mc_scenarios=0))
+    assert list(no_mc) == ["historical", "stress"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"fhs": _sset(10)}, "components"),
+    ({}, "components"),
+    ({"stress": np.zeros((3, 2))}, "ScenarioSet"),
+    (np.zeros((3, 2)), "ScenarioSet"),
+])
+def test_bad_scenario_components_are_clean_errors(bad, match):
+    from gpurisk.errors import ScenarioError
+
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
+    with pytest.raises(ScenarioError, match=match):
+        gm.compute(make_book(pos), "house", scenarios=bad, backend="reference")
+    with pytest.raises(ValueError, match="stress_factor"):
+        house.Params(stress_factor=1.5)
+
+
+def test_each_component_can_bind_by_hand():
+    # h: 2 BTC long (OKX linear perp), m: 20 ETH long, s: 930,000 USDT and no positions, all on okx.
+    # historical moves BTC, Monte Carlo moves ETH, stress de-pegs USDT (and moves the coins a little).
+    pos = pd.DataFrame({"account_id": ["h", "m"], "instrument_id": ["OKX-BTC-PERP", "OKX-ETH-PERP"],
+                        "quantity": [200.0, 200.0]})  # 0.01 BTC and 0.1 ETH per contract
+    bal = pd.DataFrame({"account_id": ["s"], "venue": ["okx"], "asset": ["USDT"], "amount": [930_000.0]})
+    book = make_book(pos, bal)
+    n = 100
+    hist = make_scenario_set(["BTC", "ETH"], np.c_[-np.linspace(0, 0.30, n), np.full(n, -0.01)], horizon_days=2.0,
+                             kind="historical")
+    mc = make_scenario_set(["BTC", "ETH"], np.c_[np.full(400, -0.02), -np.linspace(0, 0.40, 400)], horizon_days=2.0,
+                           kind="montecarlo")
+    stress = make_scenario_set(["BTC", "ETH", "USDT"], [[-0.05, -0.05, 0.0], [0.0, 0.0, -0.10]], horizon_days=2.0,
+                               kind="stress")
+    p = house.Params(stress_factor=0.4)
+    res = gm.compute(book, "house", params=p, scenarios={"historical": hist, "montecarlo": mc, "stress": stress},
+                     backend="reference")
+    m = res.tables["margin"].set_index("account_id")
+    Dh, Dm = 2 * 60_000.0, 20 * 3_001.0  # ETH perp marked at 3,001
+    want = {  # (ES historical, ES Monte Carlo, worst stress loss)
+        "h": (Dh * 0.30, Dh * 0.02, Dh * 0.05),  # k = 1 of 100; every MC scenario moves BTC -2 %
+        "m": (Dm * 0.01, np.mean(Dm * np.linspace(0, 0.40, 400)[-4:]), Dm * 0.05),  # k = 4 of 400
+        "s": (0.0, 0.0, 93_000.0),  # USDT has no shock outside the de-peg
+    }
+    binds = {"h": "historical", "m": "montecarlo", "s": "stress"}
+    rate = res.summary["apc"]["buffer_rate"]
+    for a, (eh, em, sw) in want.items():
+        r = m.loc[a]
+        assert r["es_99_historical"] == pytest.approx(eh, abs=1e-6)
+        assert r["es_99_montecarlo"] == pytest.approx(em, abs=1e-6)
+        assert r["stress_worst"] == pytest.approx(sw) and r["stress_charge"] == pytest.approx(0.4 * sw)
+        base = max(eh, em, 0.4 * sw)
+        assert r["base"] == pytest.approx(base) and r["base_component"] == binds[a]
+        assert r["apc_buffer"] == pytest.approx(rate * base)
+        assert r["im"] == pytest.approx(max(base * (1 + rate) + r["liquidity_addon"], r["floor"]))
+    assert m.loc["s", "im"] == pytest.approx(0.4 * 93_000.0 * (1 + rate))  # no positions: no add-on, no floor
+    assert res.summary["base_component"] == {"historical": 1, "montecarlo": 1, "stress": 1, "none": 0}
+    # the standalone view is computed the same way: one venue each, so venue rows equal account rows
+    v = res.tables["venue_margin"].set_index("account_id")
+    cols = ["im", "base", "base_component", "es_99_historical", "es_99_montecarlo", "stress_charge"]
+    pd.testing.assert_frame_equal(v.loc[["h", "m", "s"], cols], m.loc[["h", "m", "s"], cols])
+    # stress_factor scales the stress term only: at 0 the USDT holder needs nothing
+    p0 = house.Params(stress_factor=0.0)
+    m0 = gm.compute(book, "house", params=p0, scenarios={"historical": hist, "montecarlo": mc, "stress": stress},
+                    backend="reference").tables["margin"].set_index("account_id")
+    assert m0.loc["s", "im"] == 0.0 and m0.loc["s", "base_component"] == "none"
+    np.testing.assert_allclose(m0.loc[["h", "m"], "im"], m.loc[["h", "m"], "im"])
+
+
+def test_usdt_holder_is_bound_by_the_default_depeg_stress():
+    # default components (real FHS, Monte Carlo and named stress): USDT has no shock but usdt_depeg_10
+    bal = pd.DataFrame({"account_id": ["s"], "venue": ["okx"], "asset": ["USDT"], "amount": [930_000.0]})
+    book = make_book(pd.DataFrame({"account_id": [], "instrument_id": [], "quantity": []}), bal)
+    p = house.Params(mc_scenarios=2000)
+    res = gm.compute(book, "house", params=p, backend="reference")
+    r = res.tables["margin"].iloc[0]
+    assert r["es_99_historical"] == 0.0 and r["es_99_montecarlo"] == 0.0
+    assert r["stress_worst"] == pytest.approx(93_000.0) and r["base_component"] == "stress"
+    rate = res.summary["apc"]["buffer_rate"]
+    assert r["im"] == pytest.approx(0.33 * 93_000.0 * (1 + rate))
+    assert r["equity"] == pytest.approx(930_000.0)  # below 10 M USDT counts in full
+
+
+def _tail_es(D, scale, dist, alpha=0.01):
+    """(ES, n -> standard error of the n-draw estimate) of a long linear position D USD whose log move is
+    scale·X, X ~ ``dist`` (a frozen scipy distribution), by quadrature; the error is the asymptotic one of
+    the mean of the worst ⌈αn⌉ losses."""
+    xa = dist.ppf(alpha)
+
+    def loss(x):
+        return -D * math.expm1(scale * x)
+
+    es = integrate.quad(lambda x: loss(x) * dist.pdf(x), -np.inf, xa)[0] / alpha
+    m2 = integrate.quad(lambda x: loss(x) ** 2 * dist.pdf(x), -np.inf, xa)[0] / alpha
+    tail_var = m2 - es * es + (1 - alpha) * (es - loss(xa)) ** 2
+    return es, lambda n: math.sqrt(tail_var / (alpha * n))
+
+
+def test_im_does_not_drift_with_mc_scenarios():
+    # the reviewer's probe: one account long 10 BTC. Pooled equal weights made the IM fall by a third from
+    # 2,000 to 40,000 draws; with one leg per component only the Monte Carlo ES moves, within sampling noise
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1000.0]})
+    book = make_book(pos)
+    D = 10 * 60_000.0
+    rows = {}
+    for n in (2000, 10_000, 40_000):
+        p = house.Params(mc_scenarios=n, cross_venue=False)
+        comps = house.default_components(book, p)
+        res = gm.compute(book, "house", params=p, scenarios=comps, backend="reference")
+        rows[n] = res.tables["margin"].iloc[0]
+        meta = comps["montecarlo"].metadata
+        dof = meta["dof"]  # x = sqrt((dof-2)/dof)·T with T a standard Student-t
+        es, se = _tail_es(D, meta["sigma_daily"]["BTC"] * math.sqrt(2.0 * (dof - 2) / dof), sps.t(dof))
+        assert abs(rows[n]["es_99_montecarlo"] - es) <= 5 * se(n), n  # t tails: z-scores skew right
+    ims = [r["im"] for r in rows.values()]
+    es_h = rows[40_000]["es_99_historical"]
+    # here the FHS term binds, so the IM is the same whatever the number of draws
+    assert [r["base_component"] for r in rows.values()] == ["historical"] * 3
+    assert max(ims) - min(ims) <= 1e-9 * ims[0]
+    assert all(r["es_99_historical"] == es_h for r in rows.values())
+    # and the MC ES between 10,000 and 40,000 draws moves by less than the noise of 10,000
+    assert abs(rows[10_000]["es_99_montecarlo"] - rows[40_000]["es_99_montecarlo"]) <= 4 * se(10_000)
+
+
+def test_mc_bound_im_within_noise_of_the_closed_form():
+    # Gaussian Monte Carlo (closed-form ES) is the only ES component with a mild stress set: the IM at 2,000
+    # and 40,000 draws is the closed-form IM within sampling noise
+    from gpurisk.scenarios.montecarlo import monte_carlo_scenarios
+
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1000.0]})
+    book = make_book(pos)
+    D = 10 * 60_000.0
+    stress = make_scenario_set(["BTC", "ETH"], [[-0.05, 0.0]], horizon_days=2.0, kind="stress")
+    ims, ses = {}, {}
+    for n in (2000, 40_000):
+        mc = monte_carlo_scenarios(np.datetime64("2024-06-01"), n_scenarios=n, seed=0, coins=("BTC", "ETH"),
+                                   horizon_days=2.0, distribution="gaussian")
+        s = mc.metadata["sigma_daily"]["BTC"] * math.sqrt(2.0)
+        es, se = _tail_es(D, s, sps.norm())
+        z = norm.ppf(0.01)
+        assert es == pytest.approx(D * (1 - math.exp(s * s / 2) * norm.cdf(z - s) / 0.01), rel=1e-8)  # closed form
+        res = gm.compute(book, "house", params=house.Params(cross_venue=False),
+                         scenarios={"montecarlo": mc, "stress": stress}, backend="reference")
+        r = res.tables["margin"].iloc[0]
+        assert r["base_component"] == "montecarlo"
+        rate = res.summary["apc"]["buffer_rate"]
+        ims[n], ses[n] = r["im"], (1 + rate) * se(n)
+        assert abs(r["im"] - (es * (1 + rate) + r["liquidity_addon"])) <= 4 * ses[n], n
+    assert abs(ims[2000] - ims[40_000]) <= 4 * (ses[2000] + ses[40_000])
+
+
+def test_collateral_is_not_in_the_liquidity_delta():
+    # the same perp with and without 50 BTC of collateral: same add-on and floor (the haircut prices the coin)
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [-5000.0]})
+    bal = pd.DataFrame({"account_id": ["a"], "venue": ["okx"], "asset": ["BTC"], "amount": [50.0]})
+    p = house.Params(cross_venue=False)
+    with_c = gm.compute(make_book(pos, bal), "house", params=p, scenarios=_sset(), backend="reference")
+    without = gm.compute(make_book(pos), "house", params=p, scenarios=_sset(), backend="reference")
+    a, b = with_c.tables["margin"].iloc[0], without.tables["margin"].iloc[0]
+    D = 50 * 60_000.0
+    date = house.history_date(make_book(pos).as_of)
+    liq = _ewma_vol_loop("BTC", date, 0.94) * D * math.sqrt(D / marketdata.average_daily_volume_usd("BTC", date, 30))
+    assert a["liquidity_addon"] == pytest.approx(liq, rel=1e-6) == b["liquidity_addon"]
+    assert a["floor"] == b["floor"] == pytest.approx(0.01 * D)
+    assert abs(a["es_99"]) < 1e-6  # short 50 BTC perp against 50 BTC held: no price risk left
 
 
 # --------------------------------------------------------------------------- the generated 10k-account book
@@ -250,6 +451,11 @@ def test_house_on_generated_10k_book(generated_10k):
     assert c["status"].value_counts().to_dict() == {k: v for k, v in s["calls"].items() if k != "ok" and v}
     assert (c["call_amount"] > 0).all() and (m.loc[m["status"] == "ok", "equity"] >= m.loc[m["status"] == "ok", "im"]).all()
     assert s["backend"] in ("cpu", "reference") and s["gpu_fallbacks"] == 0
+    # the base is the largest component term, and the binding counts add up
+    terms = np.vstack([m["es_99_historical"], m["es_99_montecarlo"], 0.33 * m["stress_worst"]])
+    np.testing.assert_allclose(m["base"], np.maximum(terms.max(axis=0), 0.0), rtol=1e-12)
+    np.testing.assert_allclose(m["stress_charge"], 0.33 * m["stress_worst"], rtol=1e-12)
+    assert sum(s["base_component"].values()) == 10_000
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

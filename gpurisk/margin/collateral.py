@@ -9,6 +9,12 @@ Two views of the same balances (``Book.balances``, units of each asset):
   at 1.0, the next 40 M at 0.975 and the rest at 0.95. Tiers apply to an account's
   total holding of an asset within the portfolio (all venues for the account view).
   A negative balance (a loan) counts in full: haircuts never shrink a debt.
+  The haircut prices what the scenarios do not: the cost of selling the holding
+  (market impact, growing with size) and concentration. The price move over the
+  margin period of risk is in the scenario P&L below, so a small coin holding
+  carries almost no haircut and a large one progressively more (the default tiers
+  cover the square-root impact cost of selling each slice, with a margin of safety;
+  docs/methodologies.md, "Collateral").
 - **Scenario P&L**: each asset becomes a pseudo-instrument (linear spot, contract
   size 1 coin, underlying = the asset) appended to the pricing inputs, and the
   balance its quantity in the portfolio CSR, so the tail measures see position
@@ -36,8 +42,10 @@ def _default_tiers() -> dict:
         "USD": ((INF, 1.0),),
         "USDT": ((10e6, 1.0), (50e6, 0.975), (INF, 0.95)),
         "USDC": ((10e6, 1.0), (50e6, 0.975), (INF, 0.95)),
-        "BTC": ((5e6, 0.95), (20e6, 0.90), (50e6, 0.80), (INF, 0.0)),
-        "ETH": ((5e6, 0.90), (20e6, 0.85), (50e6, 0.70), (INF, 0.0)),
+        # coins: liquidation cost beyond the MPOR price move (square-root impact, docs/methodologies.md);
+        # beyond about 8 % of a day's traded value a holding is not accepted (concentration)
+        "BTC": ((1e6, 0.995), (10e6, 0.99), (50e6, 0.98), (200e6, 0.95), (INF, 0.0)),
+        "ETH": ((1e6, 0.99), (10e6, 0.98), (50e6, 0.96), (100e6, 0.92), (INF, 0.0)),
     }
 
 

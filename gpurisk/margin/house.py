@@ -1,29 +1,39 @@
 """The house risk-based model: cross-venue portfolio margin (OCC STANS / Eurex Prisma / SPAN 2 spirit).
 
-Per portfolio (an account across all venues, and each account×venue standalone):
+Per portfolio (an account across all venues, and each account×venue standalone),
+with L the position P&L plus the collateral P&L in a scenario:
 
-    base      = max(ES_q(position P&L + collateral P&L), 0)      over the combined scenario set
+    base      = max(ES_q(L | FHS), ES_q(L | Monte Carlo), stress_factor · worst(L | stress), 0)
     apc       = buffer_rate · base                                 anti-procyclicality buffer (EMIR Art. 28(1)(a))
     liquidity = Σ_u Y · σ_u · |D_u| · sqrt(|D_u| / ADV_u)          square-root impact, per underlying u
     floor     = floor_gross_rate · Σ_i |q_i · δ_i|                 gross delta notional of the positions
     IM        = max(base + apc + liquidity, floor);   MM = mm_factor · IM
 
-All amounts USD. D_u is the portfolio's net delta notional (USD per unit relative
-move) on underlying u, positions and coin collateral together; σ_u the EWMA
-(λ = ``vol_lambda``) daily volatility and ADV_u the ``adv_days``-day average daily
-traded value of u, both from the shipped market history at the history date.
+Each scenario component is its own leg (same CSR portfolios, its own scenario
+set), so a component's weight in the IM never depends on its sample size: more
+Monte Carlo draws only sharpen ES_q(MC). A caller's scenario set (``--scenarios
+FILE``, a job's ``scenarios``) is one component, ``user``, measured by ES_q; a
+mapping ``{"historical"|"montecarlo"|"user": set, "stress": set}`` gives the
+components explicitly.
 
-The scenario set (unless the caller passes one) is filtered historical
-simulation + Monte Carlo + named stress, joined with ``ScenarioSet.concat``.
-The history date is the book's as-of date, clamped to the last date of the
-shipped history (2024-12-31) when the book is later. The APC buffer is 25 % of
-the base in calm markets and is run down linearly to 0 as the indicator coin's
-short-run EWMA vol rises from its long-run level to ``apc_release_ratio`` times
-it. Parameter rationale: docs/methodologies.md and jobs/params/house.toml.
+All amounts USD. D_u is the portfolio's net delta notional (USD per unit relative
+move) on underlying u from its positions (collateral is left out: its liquidation
+cost is the haircut, ``collateral.py``); σ_u the EWMA (λ = ``vol_lambda``) daily
+volatility and ADV_u the ``adv_days``-day average daily traded value of u, both
+from the shipped market history at the history date.
+
+The history date is the book's as-of date, clamped (with a logged warning) to the
+last date of the shipped history (2024-12-31) when the book is later. The APC
+buffer is 25 % of the base in calm markets and is run down linearly to 0 as the
+indicator coin's short-run EWMA vol rises from its long-run level to
+``apc_release_ratio`` times it. Parameter rationale: docs/methodologies.md and
+jobs/params/house.toml.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -44,6 +54,17 @@ from .plan import Leg, MarginResult, Plan
 
 NAME = "house"
 
+log = logging.getLogger(__name__)
+
+#: the default scenario components, in leg order
+COMPONENTS = ("historical", "montecarlo", "stress")
+#: the component a caller's single scenario set becomes
+USER = "user"
+#: components measured by ES_q (the rest, ``stress``, by stress_factor × worst loss)
+ES_COMPONENTS = ("historical", "montecarlo", USER)
+#: portfolio groupings: the cross-venue account, and each account×venue standalone
+GROUPINGS = ("account", "account_venue")
+
 #: relative price bump of the finite-difference delta
 DELTA_BUMP = 1e-4
 
@@ -60,6 +81,7 @@ class Params:
     mc_seed: int = 0
     mc_dist: str = "student_t"  # fat tails
     stress_names: tuple[str, ...] = ()  # empty = every named stress scenario
+    stress_factor: float = 0.33  # share of the worst stress loss that counts (SPAN's extreme moves: 33 %)
     profit_factor: float = 1.0  # full credit for scenario profits inside a portfolio
     mm_factor: float = 0.8  # MM = 0.8·IM (Deribit 0.8; OKX IMR = 1.3·MMR)
     apc_buffer: float = 0.25  # EMIR Art. 28(1)(a): ≥ 25 % buffer, released in stress
@@ -84,6 +106,7 @@ class Params:
             (0 < self.ewma_lambda < 1, "ewma_lambda must lie in (0, 1)"),
             (0 < self.vol_lambda < 1, "vol_lambda must lie in (0, 1)"),
             (self.mc_scenarios >= 0, "mc_scenarios must be ≥ 0"),
+            (0 <= self.stress_factor <= 1, "stress_factor must lie in [0, 1]"),
             (self.mc_dist in ("student_t", "gaussian"), "mc_dist must be student_t or gaussian"),
             (0 <= self.profit_factor <= 1, "profit_factor must lie in [0, 1]"),
             (0 < self.mm_factor <= 1, "mm_factor must lie in (0, 1]"),
@@ -114,11 +137,19 @@ def history_date(as_of) -> pd.Timestamp:
 
     A bar dated d closes at d+1 00:00 UTC, so it is usable when d + 1 day ≤ as_of
     (the rule of ``scenarios.historical``). A book dated after the shipped history
-    (which ends 2024-12-31) uses that last bar.
+    (which ends 2024-12-31) uses that last bar; ``history_lag_days`` says by how much.
     """
     last = marketdata.daily_bars("BTC").index.max()
-    ts = (pd.Timestamp(np.datetime64(as_of, "s")) - pd.Timedelta(days=1)).floor("D")
-    return min(ts, last)
+    return min(_usable_bar(as_of), last)
+
+
+def _usable_bar(as_of) -> pd.Timestamp:
+    return (pd.Timestamp(np.datetime64(as_of, "s")) - pd.Timedelta(days=1)).floor("D")
+
+
+def history_lag_days(as_of) -> int:
+    """Days between the bar the as-of time could use and the bar the model uses (0 unless clamped)."""
+    return int((_usable_bar(as_of) - history_date(as_of)).days)
 
 
 @lru_cache(maxsize=64)
@@ -192,17 +223,21 @@ def _generator(module, *names):
     raise ScenarioError(f"{module.__name__} has none of {names}")
 
 
-def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
-    """FHS + Monte Carlo + stress over the book's coins (underlyings and collateral, stablecoins aside).
-
-    History is read as of ``history_date(book.as_of) + 1 day`` (the close of the last bar used).
-    """
-    params = params or Params()
+def _book_coins(book: Book) -> list[str]:
     coins = sorted(
         (set(map(str, book.instruments.underlying)) | set(map(str, book.balances.asset))) - set(STABLECOINS)
     )
-    if not coins:
-        coins = ["BTC"]
+    return coins or ["BTC"]
+
+
+def default_components(book: Book, params: Params | None = None) -> dict[str, ScenarioSet]:
+    """{historical, montecarlo (if ``mc_scenarios`` > 0), stress} over the book's coins (stablecoins aside).
+
+    History is read as of ``history_date(book.as_of) + 1 day`` (the close of the last bar used).
+    Every component has the model's horizon.
+    """
+    params = params or Params()
+    coins = _book_coins(book)
     hist_as_of = history_date(book.as_of) + pd.Timedelta(days=1)
     try:
         from ..scenarios import historical, montecarlo, stress
@@ -210,10 +245,10 @@ def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
         raise ScenarioError(f"scenario generators unavailable ({exc}); pass a scenario file") from None
     h = params.horizon_days
     try:
-        hist = _generator(historical, "generate", "historical_scenarios")(
+        parts = {}
+        parts["historical"] = _generator(historical, "generate", "historical_scenarios")(
             hist_as_of, coins=coins, lookback_days=params.lookback_days, horizon_days=h, ewma_lambda=params.ewma_lambda
         )
-        parts = [hist]
         if params.mc_scenarios > 0:
             if hasattr(montecarlo, "generate"):
                 mc = montecarlo.generate(
@@ -225,85 +260,179 @@ def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
                     hist_as_of, n_scenarios=params.mc_scenarios, seed=params.mc_seed, distribution=params.mc_dist,
                     horizon_days=h, coins=coins,
                 )
-            parts.append(mc)
+            parts["montecarlo"] = mc
         st = _generator(stress, "generate", "named_stress")(coins=coins, horizon_days=h)
         if params.stress_names:
             keep = np.isin(np.asarray(st.scenario_id, dtype=str), list(params.stress_names))
             if not keep.any():
                 raise ScenarioError(f"no stress scenario is named any of {list(params.stress_names)}")
             st = st.subset(np.flatnonzero(keep))
-        parts.append(st)
-        # the generators agree on horizon and vol-term parameters; align floats before concat
-        parts = [replace(p, horizon_days=float(h), term=parts[0].term) for p in parts]
-        return ScenarioSet.concat(parts, kind="house", source=" + ".join(f"{p.kind}({p.n_scenarios})" for p in parts))
+        parts["stress"] = st
     except (KeyError, ValueError) as exc:
         raise ScenarioError(f"cannot build the house scenario set: {exc}") from None
+    # the generators agree on horizon and vol-term parameters; align the floats
+    term = parts["historical"].term
+    return {k: replace(v, horizon_days=float(h), term=term) for k, v in parts.items()}
+
+
+def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
+    """The default components joined into one set (``ScenarioSet.concat``), for models that pool them.
+
+    The house model itself never pools them: it measures each component on its own leg.
+    """
+    parts = list(default_components(book, params).values())
+    try:
+        return ScenarioSet.concat(parts, kind="house", source=" + ".join(f"{p.kind}({p.n_scenarios})" for p in parts))
+    except ValueError as exc:
+        raise ScenarioError(f"cannot build the house scenario set: {exc}") from None
+
+
+def scenario_components(scenarios) -> dict[str, ScenarioSet]:
+    """A caller's scenarios as components: one ScenarioSet is ``{"user": set}``; a mapping is checked.
+
+    Mapping keys are ``historical``, ``montecarlo``, ``user`` (measured by ES_q) and
+    ``stress`` (measured by stress_factor × worst loss); at least one, each a ScenarioSet.
+    """
+    if isinstance(scenarios, ScenarioSet):
+        return {USER: scenarios}
+    if not isinstance(scenarios, Mapping):
+        raise ScenarioError(
+            f"house scenarios must be a ScenarioSet or a mapping of components, got {type(scenarios).__name__}"
+        )
+    allowed = ES_COMPONENTS + ("stress",)
+    bad = [str(k) for k in scenarios if k not in allowed]
+    if bad or not scenarios:
+        raise ScenarioError(f"house scenario components must be some of {list(allowed)}, got {list(scenarios)}")
+    for k, v in scenarios.items():
+        if not isinstance(v, ScenarioSet):
+            raise ScenarioError(f"house scenario component {k!r} is a {type(v).__name__}, not a ScenarioSet")
+    return {k: scenarios[k] for k in allowed if k in scenarios}
 
 
 # --------------------------------------------------------------------------- plan / finalize
 
 
-def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None = None) -> Plan:
-    """Legs ``account`` (cross-venue) and, if ``cross_venue``, ``account_venue`` (standalone)."""
+def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
+    """Legs ``<grouping>/<component>``: groupings ``account`` (cross-venue) and, if ``cross_venue``,
+    ``account_venue`` (standalone); components as ``default_components`` or ``scenario_components``.
+
+    The legs of one component share one revaluation; the legs of one grouping share one CSR.
+    """
     params = params or Params()
     date = history_date(book.as_of)
-    if scenarios is None:
-        scenarios = default_scenarios(book, params)
+    lag = history_lag_days(book.as_of)
+    if lag > 0:
+        log.warning(
+            "house: book as-of %s is after the shipped market history; using history to %s (%d days stale)",
+            pd.Timestamp(np.datetime64(book.as_of, "s")), date.date(), lag,
+        )
+    comps = default_components(book, params) if scenarios is None else scenario_components(scenarios)
     coll = _coll.collateral_instruments(book)
-    idx, sset = map_scenarios(book, scenarios, coll.assets)
     n_ins = len(book.instruments)
-    pi = PricingInputs.concat([pricing_inputs(book, idx[:n_ins]), coll.pricing(idx[n_ins:])])
-    spec = spec_for(sset, (params.confidence,), params.profit_factor)
-    legs = {"account": Leg("account", pi, sset, "usd", _coll.portfolios_with_collateral(book, coll, "account"), spec)}
-    if params.cross_venue:
-        ports = _coll.portfolios_with_collateral(book, coll, "account_venue")
-        legs["account_venue"] = Leg("account_venue", pi, sset, "usd", ports, spec)
-    sig, adv, fb = liquidity_inputs(list(sset.underlyings), date, params)
+    groupings = GROUPINGS if params.cross_venue else GROUPINGS[:1]
+    ports = {g: _coll.portfolios_with_collateral(book, coll, g) for g in groupings}
+    legs = {}
+    for name, comp in comps.items():  # at most four components
+        idx, sset = map_scenarios(book, comp, coll.assets)
+        pi = PricingInputs.concat([pricing_inputs(book, idx[:n_ins]), coll.pricing(idx[n_ins:])])
+        spec = spec_for(sset, (params.confidence,), params.profit_factor)
+        for g in groupings:
+            legs[f"{g}/{name}"] = Leg(f"{g}/{name}", pi, sset, "usd", ports[g], spec)
+    # liquidity inputs over the book's own underlyings, whatever the scenario sets cover
+    names = np.concatenate([np.asarray(book.instruments.underlying, dtype=object).astype(str),
+                            np.asarray(coll.assets, dtype=object).astype(str)])
+    code, und = pd.factorize(pd.Series(names, dtype=object), sort=True)
+    pi0 = PricingInputs.concat([pricing_inputs(book, code[:n_ins]), coll.pricing(code[n_ins:])])
+    sig, adv, fb = liquidity_inputs(list(und), date, params)
     ctx = {
         "params": params,
         "book": book,
         "collateral": coll,
+        "components": list(comps),
+        "groupings": list(groupings),
         "history_date": date,
+        "history_lag_days": lag,
         "apc": apc_state(date, params),
-        "delta": delta_notional(pi, sset.term),
+        "delta": delta_notional(pi0, next(iter(comps.values())).term),
+        "und_code": code.astype(np.int64),
+        "n_underlyings": len(und),
         "liq_sigma": sig,
         "liq_adv": adv,
-        "liq_fallback": [u for u, f in zip(sset.underlyings, fb) if f],
+        # only position underlyings count: collateral is not in the add-on's delta
+        "liq_fallback": [str(u) for u, f in zip(und, fb) if f and u in set(map(str, book.instruments.underlying))],
     }
     return Plan(NAME, legs, ctx)
 
 
-def requirement(leg: Leg, stats: TailStats, ctx: dict) -> dict[str, np.ndarray]:
-    """Per portfolio of ``leg``: es, base, apc, liquidity, floor, im, mm (all [P] USD); vectorised."""
+def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "account") -> dict[str, np.ndarray]:
+    """Per portfolio of ``grouping``: the component measures, base, apc, liquidity, floor, im, mm ([P] USD).
+
+    Keys: ``es_<component>`` per ES component, ``stress_worst`` and ``stress_charge``
+    with a stress component, ``es`` (the largest ES component, if any), ``worst`` (over
+    every scenario of every component), ``base``, ``base_component`` (the binding
+    term, ``none`` when base is 0), ``apc_buffer``, ``liquidity_addon``, ``floor``,
+    ``im``, ``mm``. Vectorised over portfolios.
+    """
+    ctx = plan.context
     params: Params = ctx["params"]
-    ports = leg.portfolios
+    comps = ctx["components"]
+    ports = plan.legs[f"{grouping}/{comps[0]}"].portfolios
     P = len(ports)
-    U = len(leg.scenarios.underlyings)
+    out: dict[str, np.ndarray] = {}
+    charges, worst = [], np.full(P, -np.inf)
+    es_cols = []
+    for c in comps:  # at most four components
+        st = stats[f"{grouping}/{c}"]
+        worst = np.maximum(worst, st.worst)
+        if c == "stress":
+            out["stress_worst"] = st.worst
+            out["stress_charge"] = params.stress_factor * st.worst
+            charges.append(out["stress_charge"])
+        else:
+            out[f"es_{c}"] = st.es[:, 0]
+            es_cols.append(st.es[:, 0])
+            charges.append(st.es[:, 0])
+    if es_cols:
+        out["es"] = np.max(np.vstack(es_cols), axis=0)
+    C = np.vstack(charges)  # [components, P]
+    top = C.max(axis=0)
+    base = np.maximum(top, 0.0)
+    out["worst"] = worst
+    out["base"] = base
+    out["base_component"] = np.where(top > 0.0, np.asarray(comps, dtype=object)[C.argmax(axis=0)], "none")
+
+    # liquidity add-on and floor: positions only (collateral rows are the last C instruments)
     n_book = len(ctx["book"].instruments)
+    U = ctx["n_underlyings"]
     row_port = np.repeat(np.arange(P, dtype=np.int64), np.diff(ports.indptr))
     ins = ports.instrument_idx.astype(np.int64)
-    exposure = ports.quantity * ctx["delta"][ins]  # [nnz] USD per unit relative move
-    col = leg.pricing.underlying_idx[ins].astype(np.int64)
+    exposure = ports.quantity * ctx["delta"][ins] * (ins < n_book)  # [nnz] USD per unit relative move
+    col = ctx["und_code"][ins]
     D = np.bincount(row_port * U + col, weights=exposure, minlength=P * U).reshape(P, U)
     coeff = params.liquidity_coefficient * ctx["liq_sigma"] / np.sqrt(ctx["liq_adv"])  # [U]; 0 for stablecoins
     absD = np.abs(D)
     liquidity = (coeff[None, :] * absD * np.sqrt(absD)).sum(axis=1)
-    gross = np.bincount(row_port, weights=np.abs(exposure) * (ins < n_book), minlength=P)
-    floor = params.floor_gross_rate * gross
-    es = stats.es[:, 0]
-    base = np.maximum(es, 0.0)
+    floor = params.floor_gross_rate * np.bincount(row_port, weights=np.abs(exposure), minlength=P)
     apc = ctx["apc"]["buffer_rate"] * base
     im = np.maximum(base + apc + liquidity, floor)
-    return {
-        "worst": stats.worst,
-        "var": stats.var[:, 0],
-        "es": es,
-        "apc_buffer": apc,
-        "liquidity_addon": liquidity,
-        "floor": floor,
-        "im": im,
-        "mm": params.mm_factor * im,
-    }
+    out.update(apc_buffer=apc, liquidity_addon=liquidity, floor=floor, im=im, mm=params.mm_factor * im)
+    return out
+
+
+def _measure_columns(r: dict, q: str, comps) -> dict:
+    """The component columns of a margin table, in a fixed order."""
+    cols = {"worst": r["worst"]}
+    if "es" in r:
+        cols[f"es_{q}"] = r["es"]
+    for c in comps:
+        if c == "stress":
+            cols["stress_worst"] = r["stress_worst"]
+            cols["stress_charge"] = r["stress_charge"]
+        else:
+            cols[f"es_{q}_{c}"] = r[f"es_{c}"]
+    cols["base"] = r["base"]
+    cols["base_component"] = r["base_component"]
+    return cols
 
 
 def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
@@ -311,9 +440,9 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     ctx = plan.context
     params: Params = ctx["params"]
     book: Book = ctx["book"]
+    comps = ctx["components"]
     q = level_name(params.confidence)
-    leg = plan.legs["account"]
-    r = requirement(leg, stats["account"], ctx)
+    r = requirement(plan, stats, "account")
     eq, raw = _coll.equity(book, ctx["collateral"], params.collateral, "account")
     status, amount = _calls.classify(r["im"], r["mm"], eq, params.calls)
     A = book.n_accounts
@@ -330,9 +459,7 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
             "call_amount": amount,
             "cross_margin_benefit": np.zeros(A),
             "standalone_im": r["im"].copy(),
-            "worst": r["worst"],
-            f"var_{q}": r["var"],
-            f"es_{q}": r["es"],
+            **_measure_columns(r, q, comps),
             "apc_buffer": r["apc_buffer"],
             "liquidity_addon": r["liquidity_addon"],
             "floor": r["floor"],
@@ -340,13 +467,16 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         }
     )
     tables = {"margin": margin}
+    legs = {c: plan.legs[f"account/{c}"].scenarios for c in comps}
     summary = {
         "model": NAME,
         "accounts": int(A),
         "currency": "USD",
         "confidence": params.confidence,
-        "horizon_days": float(leg.scenarios.horizon_days),
+        "horizon_days": {c: float(s.horizon_days) for c, s in legs.items()},
         "history_date": str(ctx["history_date"].date()),
+        "history_lag_days": int(ctx["history_lag_days"]),
+        "stress_factor": params.stress_factor,
         "total_im": float(r["im"].sum()),
         "total_mm": float(r["mm"].sum()),
         "total_equity": float(eq.sum()),
@@ -354,35 +484,32 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "total_liquidity_addon": float(r["liquidity_addon"].sum()),
         "total_apc_buffer": float(r["apc_buffer"].sum()),
         "accounts_at_floor": int(np.sum((r["floor"] > 0) & (r["im"] == r["floor"]))),
+        "base_component": {k: int(np.sum(r["base_component"] == k)) for k in list(comps) + ["none"]},
         "calls": _calls.status_counts(status),
         "total_call_amount": float(amount.sum()),
         "apc": ctx["apc"],
         "liquidity_fallback_underlyings": ctx["liq_fallback"],
-        "scenarios": {k: v for k, v in leg.scenarios.describe().items() if k != "metadata"},
-        "scenario_parts": [
-            {k: part.get(k) for k in ("kind", "n_scenarios", "seed", "source")}
-            for part in leg.scenarios.metadata.get("parts", [])
-        ],
+        "scenarios": {c: {k: v for k, v in s.describe().items() if k != "metadata"} for c, s in legs.items()},
     }
-    if "account_venue" in plan.legs:
-        vleg = plan.legs["account_venue"]
-        rv = requirement(vleg, stats["account_venue"], ctx)
+    if "account_venue" in ctx["groupings"]:
+        rv = requirement(plan, stats, "account_venue")
+        vports = plan.legs[f"account_venue/{comps[0]}"].portfolios
         veq, vraw = _coll.equity(book, ctx["collateral"], params.collateral, "account_venue")
-        acct = vleg.portfolios.account_idx.astype(np.int64)
+        acct = vports.account_idx.astype(np.int64)
         standalone = np.bincount(acct, weights=rv["im"], minlength=A)
         margin["standalone_im"] = standalone
         margin["cross_margin_benefit"] = standalone - r["im"]
         venue = pd.DataFrame(
             {
-                "account_id": np.asarray(vleg.portfolios.key["account_id"], dtype=object),
-                "venue": np.asarray(vleg.portfolios.key["venue"], dtype=object),
+                "account_id": np.asarray(vports.key["account_id"], dtype=object),
+                "venue": np.asarray(vports.key["venue"], dtype=object),
                 "model": NAME,
                 "currency": "USD",
                 "im": rv["im"],
                 "mm": rv["mm"],
                 "equity": veq,
                 "excess": veq - rv["im"],
-                f"es_{q}": rv["es"],
+                **_measure_columns(rv, q, comps),
                 "apc_buffer": rv["apc_buffer"],
                 "liquidity_addon": rv["liquidity_addon"],
                 "floor": rv["floor"],
@@ -403,8 +530,11 @@ __all__ = [
     "load_params",
     "plan",
     "finalize",
+    "default_components",
     "default_scenarios",
+    "scenario_components",
     "history_date",
+    "history_lag_days",
     "apc_state",
     "delta_notional",
     "requirement",
