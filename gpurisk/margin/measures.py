@@ -136,13 +136,14 @@ def load_params(path: str | None = None) -> Params:
 def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None = None) -> Plan:
     """One leg: every account's positions (and collateral if asked) under ``scenarios``, in USD.
 
-    Without ``scenarios`` the house model's default scenario set is used.
+    Without ``scenarios`` the house model's filtered-historical component is used (pooling it with
+    Monte Carlo and stress at equal weights would let the sample sizes set each part's share of the tail).
     """
     params = params or Params()
     if scenarios is None:
         from . import house
 
-        scenarios = house.default_scenarios(book, house.Params())
+        scenarios = house.default_components(book, house.Params())["historical"]
     if params.include_collateral:
         from . import collateral
 
