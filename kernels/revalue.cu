@@ -4,7 +4,10 @@
 // float64. The normal CDF follows SciPy's ndtr (erf near zero, erfc in the
 // tails). Compile with --fmad=false so products and sums round as on the CPU.
 //
-// Layouts (row-major): price_shock, vol_shock [S, U]; out [I, S] P&L per contract.
+// Layouts (row-major): price_shock, vol_shock [U, S] (the host uploads the
+// scenario set's [S, U] arrays transposed, so that neighbouring threads, which
+// share an instrument and take consecutive scenarios, read consecutive
+// addresses); out [I, S] P&L per contract.
 // Codes: kind SPOT=0 FUTURE=1 PERPETUAL=2 OPTION=3; settlement LINEAR=0 INVERSE=1;
 // option_type +1 call, -1 put; vol_mode RELATIVE=0 ABSOLUTE=1 TERM=2.
 
@@ -14,6 +17,12 @@
 #define GR_VOL_ABSOLUTE 1
 #define GR_VOL_TERM 2
 #define GR_DAYS_PER_YEAR 365.0
+
+// np.maximum: NaN if either argument is NaN (fmax would return the other one).
+__device__ __forceinline__ double gr_max(double a, double b)
+{
+    return (a != a || b != b) ? a + b : fmax(a, b);
+}
 
 __device__ __forceinline__ double gr_ndtr(double a)
 {
@@ -30,9 +39,9 @@ __device__ __forceinline__ double gr_ndtr(double a)
 // Undiscounted Black-76 per unit of underlying; intrinsic value when sigma*sqrt(T) <= 0.
 __device__ __forceinline__ double gr_black76(double F, double K, double T, double sigma, double w)
 {
-    double sig_t = sigma * sqrt(fmax(T, 0.0));
+    double sig_t = sigma * sqrt(gr_max(T, 0.0));
     if (!(sig_t > 0.0)) {
-        return fmax(w * (F - K), 0.0);
+        return gr_max(w * (F - K), 0.0);
     }
     double sF = F > 0.0 ? F : 1.0;
     double sK = K > 0.0 ? K : 1.0;
@@ -72,7 +81,6 @@ extern "C" __global__ void instrument_base(
 extern "C" __global__ void revalue_pnl(
     const long long n_ins,
     const int n_s,
-    const int n_u,
     const signed char* __restrict__ kind,
     const signed char* __restrict__ settlement,
     const signed char* __restrict__ option_type,
@@ -102,7 +110,7 @@ extern "C" __global__ void revalue_pnl(
         const long long i = e / n_s;
         const int s = (int)(e - i * n_s);
         const int u = uidx[i];
-        const double sh = price_shock[(long long)s * n_u + u];
+        const double sh = price_shock[(long long)u * n_s + s];
         const double c = cs[i];
         const double F = fwd[i];
         const bool inv = settlement[i] == GR_INVERSE;
@@ -111,23 +119,23 @@ extern "C" __global__ void revalue_pnl(
         if (k == GR_OPTION) {
             const double sig0 = vol[i];
             const double T0 = ttm[i];
-            const double T1 = fmax(T0 - horizon_years, 0.0);
-            const double v = vol_shock[(long long)s * n_u + u];
+            const double T1 = gr_max(T0 - horizon_years, 0.0);
+            const double v = vol_shock[(long long)u * n_s + s];
             const int mode = vol_mode[s];
             double sig1;
             if (mode == GR_VOL_ABSOLUTE) {
                 sig1 = sig0 + v;
             } else if (mode == GR_VOL_TERM) {
-                const double dte = fmax(T0 * GR_DAYS_PER_YEAR, min_dte);
+                const double dte = gr_max(T0 * GR_DAYS_PER_YEAR, min_dte);
                 const double p = dte < ref_days ? p_short : p_long;
                 sig1 = sig0 * (1.0 + v * pow(ref_days / dte, p));
                 if (v > 0.0) {
-                    sig1 = fmax(sig1, min_vol_up);
+                    sig1 = gr_max(sig1, min_vol_up);
                 }
             } else {
                 sig1 = sig0 * (1.0 + v);
             }
-            sig1 = fmax(sig1, vol_floor);
+            sig1 = gr_max(sig1, vol_floor);
             const double F1 = F * (1.0 + sh);
             const double b1 = gr_black76(F1, strike[i], T1, sig1, (double)option_type[i]);
             r = ((coin && inv) ? c * b1 / F1 : c * b1) - base[i];

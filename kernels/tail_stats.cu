@@ -5,18 +5,23 @@
 //      scenarios (L[s] = sum_j q_j * P[i_j, s], coalesced over s) in shared
 //      memory, or in a per-block row of global scratch when S is too large;
 //   2. worst = max x (smallest scenario index among ties) by a block reduction;
-//   3. equal weights: per level, an MSB-first radix select (8 passes of 8 bits)
-//      on an order-preserving uint64 key of the float64 finds the k-th largest
-//      loss (VaR); ES = (sum of losses above it + the remaining count * VaR) / k;
+//   3. equal weights: per level, an MSB-first radix select (8 passes of 8 bits,
+//      each digit chosen by a block-wide scan of the histogram) on an
+//      order-preserving uint64 key of the float64 finds the k-th largest loss
+//      (VaR); ES = (sum of losses above it + the remaining count * VaR) / k;
 //   4. probability weights: a radix select finds the m-th largest loss (m from
-//      the host bounds the tail count), the candidates >= it are gathered into
-//      shared memory, bitonic-sorted by (loss desc, scenario asc) and scanned
-//      for the cumulative weight, as the reference does.
+//      the host bounds the tail count); exactly m candidates are gathered into
+//      shared memory (every loss above it, then its ties in ascending scenario
+//      order, as the reference's stable sort takes them), bitonic-sorted by
+//      (loss desc, scenario asc) and scanned for the cumulative weight, as the
+//      reference does.
 // Nothing of size accounts x scenarios is ever formed. Compile with --fmad=false.
 //
-// status[0] is set to 1 when a weighted portfolio has more tied candidates than
-// the candidate buffer holds; the host then reports a failure (and the engine
-// falls back to the CPU).
+// status[0] collects bits (atomicOr); the host raises on any of them:
+//   2  a weighted tail's m candidates did not reach a level's target weight
+//      (the host's bound did not hold), so the result would be clamped;
+//   4  a counted loss was NaN (its key would order it above +inf); such a
+//      portfolio's outputs are left unwritten.
 
 #define GR_TPB 256
 #define GR_RADIX 256
@@ -61,6 +66,8 @@ __device__ unsigned long long gr_radix_select(const double* x, int n, long long 
                                               unsigned long long* sh_prefix, long long* sh_left,
                                               long long* above)
 {
+    static_assert(GR_RADIX == GR_TPB, "one digit per thread");
+    __shared__ unsigned int wsum[GR_TPB / 32];
     const int tid = threadIdx.x;
     unsigned long long prefix = 0ULL, mask = 0ULL;
     long long left = k;
@@ -76,18 +83,30 @@ __device__ unsigned long long gr_radix_select(const double* x, int n, long long 
             }
         }
         __syncthreads();
-        if (tid == 0) {
-            long long l = left;
-            int d = GR_RADIX - 1;
-            for (; d > 0; --d) {
-                long long c = (long long)hist[d];
-                if (l <= c) {
-                    break;
+        {
+            // parallel digit choice: thread t holds digit 255 - t; inclusive scan = keys with digit >= 255 - t
+            const int lane = tid & 31, warp = tid >> 5;
+            const unsigned int cnt = hist[GR_RADIX - 1 - tid];
+            unsigned int v = cnt;
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned int n = __shfl_up_sync(0xffffffffu, v, o);
+                if (lane >= o) {
+                    v += n;
                 }
-                l -= c;
             }
-            *sh_prefix = prefix | ((unsigned long long)d << shift);
-            *sh_left = l;
+            if (lane == 31) {
+                wsum[warp] = v;
+            }
+            __syncthreads();
+            long long incl = v;
+            for (int w = 0; w < warp; ++w) {
+                incl += wsum[w];
+            }
+            const long long excl = incl - cnt;
+            if (excl < left && left <= incl) {  // exactly one thread
+                *sh_prefix = prefix | ((unsigned long long)(GR_RADIX - 1 - tid) << shift);
+                *sh_left = left - excl;
+            }
         }
         __syncthreads();
         prefix = *sh_prefix;
@@ -142,6 +161,7 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
         // 1. counted losses; 2. this thread's worst (strided s ascend, so '>' keeps the smallest index)
         double best = GR_NEG_INF;
         int best_s = n_s;
+        int nan_seen = 0;
         for (int s = tid; s < n_s; s += GR_TPB) {
             double acc = 0.0;
             for (long long j = j0; j < j1; ++j) {
@@ -150,10 +170,17 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
             const double v = acc * pnl_factor[s];
             const double xv = -v * (v > 0.0 ? profit_factor : 1.0) + 0.0;  // + 0.0: -0 becomes +0
             x[s] = xv;
+            nan_seen |= xv != xv;
             if (xv > best || best_s == n_s) {
                 best = xv;
                 best_s = s;
             }
+        }
+        if (__syncthreads_or(nan_seen)) {  // block-uniform; also a barrier for x
+            if (tid == 0) {
+                atomicOr(status, 4);
+            }
+            continue;
         }
         red[tid] = best;
         red_i[tid] = best_s;
@@ -195,7 +222,8 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
                 }
             }
         } else {
-            // 4. candidates >= the m-th largest, sorted, then the cumulative weight scan
+            // 4. candidates: the losses above the m-th largest, then its ties in ascending
+            //    scenario order until m are held (the reference's stable order); nc == m <= cap
             long long above = 0;
             const unsigned long long thr = gr_radix_select(x, n_s, m, hist, &sh_prefix, &sh_left, &above);
             if (tid == 0) {
@@ -203,23 +231,38 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
             }
             __syncthreads();
             for (int s = tid; s < n_s; s += GR_TPB) {
-                if (gr_key(x[s]) >= thr) {
-                    const int pos = atomicAdd(&sh_ncand, 1);
-                    if (pos < cap) {
-                        cand_x[pos] = x[s];
-                        cand_s[pos] = s;
-                    }
+                if (gr_key(x[s]) > thr) {
+                    const int pos = atomicAdd(&sh_ncand, 1);  // < above <= m - 1
+                    cand_x[pos] = x[s];
+                    cand_s[pos] = s;
                 }
             }
-            __syncthreads();
-            const int nc = sh_ncand;
-            if (nc > cap) {
-                if (tid == 0) {
-                    atomicExch(status, 1);
+            const int need = m - (int)above;  // >= 1
+            const int lane = tid & 31, warp = tid >> 5;
+            int taken = 0;  // block-uniform
+            for (int b0 = 0; b0 < n_s && taken < need; b0 += GR_TPB) {
+                const int s = b0 + tid;
+                const bool tie = s < n_s && gr_key(x[s]) == thr;
+                const unsigned int bal = __ballot_sync(0xffffffffu, tie);
+                __syncthreads();  // hist (reused as per-warp counts) is free
+                if (lane == 0) {
+                    hist[warp] = __popc(bal);
                 }
                 __syncthreads();
-                continue;
+                int before = __popc(bal & ((1u << lane) - 1u)), total = 0;
+                for (int w = 0; w < GR_TPB / 32; ++w) {
+                    const int c = (int)hist[w];
+                    before += w < warp ? c : 0;
+                    total += c;
+                }
+                if (tie && taken + before < need) {
+                    cand_x[above + taken + before] = x[s];
+                    cand_s[above + taken + before] = s;
+                }
+                taken += total;
             }
+            __syncthreads();
+            const int nc = m;
             int n2 = 1;
             while (n2 < nc) {
                 n2 <<= 1;
@@ -262,8 +305,11 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
                             break;
                         }
                     }
-                    if (r == nc) {
+                    if (r == nc) {  // the bound did not hold (rounding): let the host fall back
                         r = nc - 1;
+                        if (nc < n_s) {
+                            atomicOr(status, 2);
+                        }
                     }
                     var[(long long)p * n_lev + lv] = cand_x[r];
                     es[(long long)p * n_lev + lv] = cwx / cw;
