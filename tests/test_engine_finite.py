@@ -56,3 +56,25 @@ def test_cpu_tail_stats_all_nan_portfolio_is_nan_not_garbage():
     ts = cpu.tail_stats(pf, P, MeasureSpec(levels=(0.9,)))
     assert np.isnan(ts.worst[0]) and np.isnan(ts.es[0, 0]) and ts.worst_scenario[0] == -1
     assert ts.worst[1] == 5.0 and ts.worst_scenario[1] == 0  # the finite portfolio is unaffected
+
+
+class _GpuRejectingInput:
+    """A GPU backend that refuses its input (NaN losses, mismatched lengths): bad input, not a device failure."""
+
+    name = "gpu"
+
+    def tail_stats(self, portfolios, P, spec):
+        raise NonFinitePnL("tail step found NaN losses")
+
+    def revalue(self, pi, scenarios, numeraire="usd"):
+        raise ValueError("measure spec has 3 weights for 4 scenarios")
+
+
+def test_bad_input_on_the_gpu_is_raised_not_retried_on_the_cpu():
+    eng = Engine("reference")
+    eng.backend = _GpuRejectingInput()
+    with pytest.raises(NonFinitePnL):
+        eng.tail_stats(None, np.zeros((1, 1)), None)
+    with pytest.raises(ValueError, match="3 weights"):
+        eng.revalue(None, None)
+    assert eng.fallbacks == 0 and eng.name == "gpu"

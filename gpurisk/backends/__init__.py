@@ -101,6 +101,8 @@ class Engine:
             out = getattr(self.backend, fn)(*args, **kwargs)
             self.used.append(self.backend.name)
             return out
+        except (NonFinitePnL, ValueError):
+            raise  # bad input, not a GPU failure: the CPU would refuse it too
         except Exception as exc:  # noqa: BLE001 - any GPU failure falls back
             if self.backend.name != "gpu":
                 raise
