@@ -54,7 +54,7 @@ def test_cli_run_twice_identical_and_matches_in_process(tmp_path, capsys):
     assert a == b
     # independent: the same model run in-process, unchunked, through gpurisk.margin.compute
     cache = next((tmp_path / "runs" / ".cache").iterdir())
-    assert cache.name == "sample-a40-s3"
+    assert cache.name.startswith("sample-a40-s3-g")  # keyed by the generator code too
     book = load_book(cache).book
     from gpurisk.margin import get_model
 

@@ -6,7 +6,7 @@ Snapshots: ``[book] snapshots = DIR`` uses the last sub-folder of DIR in name or
 folders whose name ends in ``.tmp`` are ignored (a snapshot being written).
 
 Sample books are generated once per (accounts, seed, as_of) into
-``OUTPUT/.cache/sample-a<N>-s<S>[-<as_of>]/`` with ``gpurisk generate`` and reused.
+``OUTPUT/.cache/sample-a<N>-s<S>[-<as_of>]-g<generator digest>/`` with ``gpurisk generate`` and reused.
 """
 
 from __future__ import annotations
@@ -43,9 +43,19 @@ def latest_snapshot(folder: Path) -> Path:
 
 
 def sample_dir(out: Path, source: BookSource) -> Path:
+    """Cache folder of a sample book, keyed by size, seed, as-of and the generator's code (a changed
+    generator never reuses a book an older one wrote)."""
     s = source.sample
-    tag = f"sample-a{s.accounts}-s{s.seed}" + (f"-{_safe(s.as_of)}" if s.as_of else "")
+    tag = f"sample-a{s.accounts}-s{s.seed}" + (f"-{_safe(s.as_of)}" if s.as_of else "") + f"-g{_generator_digest()}"
     return Path(out) / ".cache" / tag
+
+
+def _generator_digest() -> str:
+    import hashlib
+
+    from .. import generate
+
+    return hashlib.sha256(Path(generate.__file__).read_bytes()).hexdigest()[:10]
 
 
 def _safe(s: str) -> str:
