@@ -2,6 +2,7 @@
 
     python benchmarks/run.py [--accounts N] [--scenarios S] [--positions-per-account K]
                              [--instruments I] [--backends baseline cpu gpu] [--json FILE] [--quick]
+                             [--float32]
 
 Measure: ES99 + worst per account (MeasureSpec((0.99,))). Each backend runs in its
 own child process, so its peak resident memory (``ru_maxrss``: the problem, P and
@@ -21,6 +22,12 @@ speed-up over the baseline; effective GFLOP/s of the aggregation (2·nnz·S flop
 as a fraction of this machine's DGEMM and SGEMM rates measured now with NumPy matmul.
 Every child also returns checksums of its results; they must agree with the
 baseline's to 1e-9 or the run fails.
+
+``--float32`` runs the CPU backend in its opt-in float32 storage mode (``revalue``
+stores P as float32, ``tail_stats`` reads it; all arithmetic stays float64). The
+baseline stays float64; the CPU checksums must then agree with it within the summed
+per-portfolio ``float32_error_bound`` instead of 1e-9, and the worst-scenario
+indices are not compared (a rounding may swap two nearly equal scenarios).
 """
 
 from __future__ import annotations
@@ -98,10 +105,13 @@ def run_child(backend: str, a) -> dict:
             return naive_tail_stats(p, P)
     else:
         be = get(backend)
-        revalue = be.revalue
+        f32 = {"float32": True} if (a.float32 and backend == "cpu") else {}
+
+        def revalue(pi_, sc_, num):
+            return be.revalue(pi_, sc_, num, **f32)
 
         def tail(p, P):
-            r = be.tail_stats(p, P, spec)
+            r = be.tail_stats(p, P, spec, **f32)
             return r.worst, r.worst_scenario, r.var[:, 0], r.es[:, 0]
 
     t = time.perf_counter()  # warm-up: JIT compilation / kernel load on a small slice
@@ -121,8 +131,13 @@ def run_child(backend: str, a) -> dict:
     _sync(backend)
     tail_s, tail_cpu_s = time.perf_counter() - t, time.process_time() - c
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    bound = None
+    if backend == "cpu" and a.float32:
+        bound = float(be.float32_error_bound(pf, P, spec).sum())
     return {
         "backend": backend,
+        "float32": bound is not None,
+        "float32_bound_sum": bound,  # Σ over portfolios of the per-portfolio error bound
         "build_s": build_s,
         "warmup_s": warmup_s,
         "revalue_s": revalue_s,
@@ -187,6 +202,8 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
     p.add_argument("--quick", action="store_true", help="a small configuration that runs in well under 2 minutes")
+    p.add_argument("--float32", action="store_true",
+                   help="CPU backend in its opt-in float32 storage mode (P in float32, float64 arithmetic)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     quick = {"accounts": 20_000, "scenarios": 2_000, "instruments": 1_000}
@@ -203,7 +220,7 @@ def parse(argv=None):
 def _child_argv(a, backend: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--accounts", str(a.accounts),
             "--scenarios", str(a.scenarios), "--positions-per-account", str(a.positions_per_account),
-            "--instruments", str(a.instruments), "--seed", str(a.seed)]
+            "--instruments", str(a.instruments), "--seed", str(a.seed)] + (["--float32"] if a.float32 else [])
 
 
 def _available(backend: str) -> tuple[bool, str]:
@@ -261,8 +278,16 @@ def main(argv=None) -> int:
             r["speedup_tail_stats"] = base["tail_stats_s"] / r["tail_stats_s"]
             r["speedup_revalue"] = base["revalue_s"] / r["revalue_s"]
             r["speedup_total"] = base["total_s"] / r["total_s"]
-            bad = [k for k in ("P", "worst", "var", "es") if not _close(r["checksum"][k], base["checksum"][k])]
-            if bad or r["worst_scenario_sum"] != base["worst_scenario_sum"]:
+            if r.get("float32"):
+                # Σ_p |r32_p| − Σ_p |r64_p| ≤ Σ_p |r32_p − r64_p| ≤ Σ_p bound_p; P itself is rounded: ≤ 2⁻²⁴·Σ|P|
+                tol = {"P": 2.0**-24 * base["checksum"]["P"] * (1 + 1e-9), "worst": r["float32_bound_sum"],
+                       "var": r["float32_bound_sum"], "es": r["float32_bound_sum"]}
+                bad = [k for k in tol if abs(r["checksum"][k] - base["checksum"][k]) > tol[k] + 1e-9 * abs(base["checksum"][k])]
+                same_idx = True
+            else:
+                bad = [k for k in ("P", "worst", "var", "es") if not _close(r["checksum"][k], base["checksum"][k])]
+                same_idx = r["worst_scenario_sum"] == base["worst_scenario_sum"]
+            if bad or not same_idx:
                 print(f"{r['backend']} disagrees with the baseline on {bad or ['worst_scenario']}", file=sys.stderr)
                 return 1
     print()
@@ -270,6 +295,8 @@ def main(argv=None) -> int:
           "GFLOP/s | % DGEMM | % SGEMM | peak RSS MiB | warm-up s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
+        if r.get("float32"):
+            r["backend"] = r["backend"] + " (float32 P)"
         sp = (f"{r['speedup_tail_stats']:.1f}x / {r['speedup_total']:.1f}x" if "speedup_total" in r
               else "no baseline run")
         print(f"| {r['backend']} | {r['revalue_s']:.3f} | {r['tail_stats_s']:.3f} | {r['total_s']:.3f} | "
@@ -279,7 +306,8 @@ def main(argv=None) -> int:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": {"accounts": a.accounts, "scenarios": a.scenarios, "positions_per_account": a.positions_per_account,
-                   "instruments": a.instruments, "nnz": nnz, "level": LEVEL, "seed": a.seed},
+                   "instruments": a.instruments, "nnz": nnz, "level": LEVEL, "seed": a.seed,
+                   "float32": bool(a.float32)},
         "machine": {**machine(), **peaks},
         "results": results,
         "skipped": skipped,

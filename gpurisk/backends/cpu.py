@@ -10,7 +10,7 @@ CSR portfolios with the tail reduction and never forms the accounts × scenarios
 matrix:
 
 * the scenario axis is cut into tiles of T columns so that the tile P[:, tile]
-  (I·T·8 bytes) stays in the shared L3 cache while every portfolio of a chunk
+  (I·T·8 bytes, I·T·4 with float32 storage) stays in the shared L3 cache while every portfolio of a chunk
   streams over it; a portfolio's tile of P&L lives in a T-element buffer;
 * tail selection never sorts the S losses. Each portfolio keeps a buffer of up to
   2m candidate (loss, scenario) pairs, m = the largest tail count over the levels
@@ -23,16 +23,28 @@ matrix:
   costs a compare per loss;
 * the floor starts at a high quantile of the portfolio's losses over a strided
   sample of the scenarios (every SAMPLE_STRIDE-th), placed so that about
-  SAMPLE_MARGIN·m losses are expected above it. If fewer than m losses end up
+  SAMPLE_MARGIN·m losses are expected above it; the sample's r-th largest (r ≈ 13)
+  comes from a running top r, not a quickselect. If fewer than m losses end up
   above it, that portfolio is recomputed with no floor, so the sample affects
   only speed, never the result;
+* candidates are stored as (loss, scenario) pairs side by side in one float64
+  row per portfolio, so an admission writes one cache line, not two;
 * at the end the m best candidates are heap-sorted and VaR/ES/worst are read off
   exactly as the reference does (same summation order for ES).
 
-Scratch: T doubles per thread and 2m (loss, index) pairs per portfolio of the
+The aggregation adds four rows per pass in the reference's order
+(((q₀a + q₁b) + q₂c) + …), multiplies and adds separately (no FMA contraction), so
+every portfolio loss is bitwise the value ``scipy.sparse`` computes.
+
+``float32=True`` (``revalue`` and ``tail_stats``) is an opt-in storage mode: P held
+as float32 halves the bytes the aggregation streams from cache; every product and
+sum is still float64. Its results differ from float64 ones by at most
+``float32_error_bound``; it is never the default for margin numbers.
+
+Scratch: T doubles per thread and 2m (loss, scenario) pairs per portfolio of the
 current chunk; chunks are sized so that this state stays under ``STATE_BYTES``.
-Inputs are cast to one dtype set (int64 indices, float64 values) so each kernel
-compiles once (``cache=True`` keeps the machine code between runs).
+Inputs are cast to one dtype set (int64 indices, float64 values; P float64 or, in
+the float32 mode, float32) so each kernel compiles once per P dtype (``cache=True`` keeps the machine code between runs).
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ STATE_BYTES = 256 << 20
 #: the starting floor comes from every SAMPLE_STRIDE-th scenario ...
 SAMPLE_STRIDE = 16
 #: ... at the rank where SAMPLE_MARGIN·m losses of all S are expected above it
-SAMPLE_MARGIN = 3.0
+SAMPLE_MARGIN = 2.0
 
 try:  # numba is a hard dependency, but the backend still reports cleanly without it
     import numba
@@ -209,33 +221,30 @@ if numba is not None:
                 hi = store - 1
 
     @njit(cache=True, fastmath=False)
-    def _kth_largest(a, n, r):
-        """The r-th largest of a[:n] (1 ≤ r ≤ n) by quickselect; reorders a[:n]."""
+    def _rth_largest(a, n, r, top):
+        """The r-th largest of a[:n] (1 ≤ r ≤ n, r small): a running top r whose minimum is replaced.
+
+        About r·ln(n/r) replacements of r compares each instead of a quickselect's swaps.
+        (A NaN never enters once the top is full; a NaN in the first r makes the result NaN,
+        a floor nothing passes, so that portfolio is redone without one.)
+        """
+        for t in range(r):
+            top[t] = a[t]
         lo = 0
-        hi = n - 1
-        want = r - 1  # position in descending order
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if a[lo] < a[mid]:
-                a[lo], a[mid] = a[mid], a[lo]
-            if a[lo] < a[hi]:
-                a[lo], a[hi] = a[hi], a[lo]
-            if a[hi] < a[mid]:
-                a[mid], a[hi] = a[hi], a[mid]
-            pv = a[hi]
-            store = lo
-            for t in range(lo, hi):
-                if a[t] > pv:
-                    a[t], a[store] = a[store], a[t]
-                    store += 1
-            a[store], a[hi] = a[hi], a[store]
-            if store == want:
-                return a[store]
-            if store < want:
-                lo = store + 1
-            else:
-                hi = store - 1
-        return a[want]
+        for u in range(1, r):
+            if top[u] < top[lo]:
+                lo = u
+        mn = top[lo]
+        for t in range(r, n):
+            x = a[t]
+            if x > mn:
+                top[lo] = x
+                lo = 0
+                for u in range(1, r):
+                    if top[u] < top[lo]:
+                        lo = u
+                mn = top[lo]
+        return mn
 
     @njit(cache=True, fastmath=False)
     def _lowest(cx, ci, n):
@@ -290,7 +299,19 @@ if numba is not None:
             for s in range(nt):
                 buf[s] = q * prow[s]
         j = j0 + 1
-        while j + 1 < j1:  # two rows per pass, same rounding as one at a time: (buf + q·a) + q2·b
+        while j + 3 < j1:  # four rows per pass, same rounding as one row at a time: (((buf + q·a) + q2·b) + …)
+            q = qty[j]
+            q2 = qty[j + 1]
+            q3 = qty[j + 2]
+            q4 = qty[j + 3]
+            prow = P[idx[j], t0:t1]
+            prow2 = P[idx[j + 1], t0:t1]
+            prow3 = P[idx[j + 2], t0:t1]
+            prow4 = P[idx[j + 3], t0:t1]
+            for s in range(nt):
+                buf[s] = (((buf[s] + q * prow[s]) + q2 * prow2[s]) + q3 * prow3[s]) + q4 * prow4[s]
+            j += 4
+        while j + 1 < j1:  # then two rows per pass
             q = qty[j]
             q2 = qty[j + 1]
             prow = P[idx[j], t0:t1]
@@ -350,25 +371,27 @@ if numba is not None:
         n_lev = var.shape[1]
         cap = 2 * m
         n_samp = P_sample.shape[1]
-        cx = np.empty((n_p, cap))
-        ci = np.empty((n_p, cap), dtype=np.int64)
+        # (loss, scenario) pairs side by side, so one written cache line holds both halves of an entry;
+        # scenario indices are stored as float64 (exact below 2**53)
+        cand = np.empty((n_p, 2 * cap))
         fill = np.zeros(n_p, dtype=np.int64)
         floor = np.full(n_p, -np.inf)
         per = (n_p + n_blocks - 1) // n_blocks
         for b in prange(n_blocks):
             buf = np.empty(max(tile, n_samp))
+            top = np.empty(max(rank, 1))
             p0 = b * per
             p1 = min(p0 + per, n_p)
             if rank > 0:
                 for p in range(p0, p1):
                     _losses(indptr, idx, qty, P_sample, lo + p, 0, n_samp, pnl_sample, profit_factor, buf)
-                    floor[p] = _kth_largest(buf, n_samp, rank)
+                    floor[p] = _rth_largest(buf, n_samp, rank, top)
             for t0 in range(0, n_s, tile):
                 t1 = min(t0 + tile, n_s)
                 pf_t = pnl_factor[t0:t1]
                 for p in range(p0, p1):
                     _losses(indptr, idx, qty, P, lo + p, t0, t1, pf_t, profit_factor, buf)
-                    fill[p], floor[p] = _admit(buf, t1 - t0, t0, cx[p], ci[p], fill[p], floor[p], m)
+                    fill[p], floor[p] = _admit(buf, t1 - t0, t0, cand[p, 0::2], cand[p, 1::2], fill[p], floor[p], m)
             for p in range(p0, p1):
                 if fill[p] < m:  # the sample floor was above the m-th loss: redo without a floor
                     n = 0
@@ -376,12 +399,12 @@ if numba is not None:
                     for t0 in range(0, n_s, tile):
                         t1 = min(t0 + tile, n_s)
                         _losses(indptr, idx, qty, P, lo + p, t0, t1, pnl_factor[t0:t1], profit_factor, buf)
-                        n, fl = _admit(buf, t1 - t0, t0, cx[p], ci[p], n, fl, m)
+                        n, fl = _admit(buf, t1 - t0, t0, cand[p, 0::2], cand[p, 1::2], n, fl, m)
                     fill[p] = n
             # order each portfolio's candidates best-first and read off the statistics
             for p in range(p0, p1):
-                cxp = cx[p]
-                cip = ci[p]
+                cxp = cand[p, 0::2]
+                cip = cand[p, 1::2]
                 n = fill[p]
                 if n == 0:  # no admissible loss (all NaN): say so rather than read uninitialised scratch
                     worst[p] = np.nan
@@ -405,13 +428,13 @@ if numba is not None:
                         if _below(cxp[r], cip[r], cxp[low], cip[low]):
                             low = r
                     worst[p] = cxp[best]
-                    worst_s[p] = cip[best]
+                    worst_s[p] = int(cip[best])
                     var[p, 0] = cxp[low]
                     es[p, 0] = acc / ks[0]
                     continue
                 _sort_best_first(cxp, cip, n)
                 worst[p] = cxp[0]
-                worst_s[p] = cip[0]
+                worst_s[p] = int(cip[0])
                 if not weighted:
                     for lv in range(n_lev):
                         k = ks[lv]
@@ -426,7 +449,7 @@ if numba is not None:
                         cwx = 0.0
                         r = 0
                         while r < n:
-                            wr = weight[cip[r]]
+                            wr = weight[int(cip[r])]
                             cw += wr
                             cwx += wr * cxp[r]
                             if cw >= targets[lv]:
@@ -442,10 +465,15 @@ def _vec(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd") -> np.ndarray:
-    """P [I, S] float64: P&L per contract of every instrument under every scenario (as the reference)."""
+def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd", *, float32: bool = False) -> np.ndarray:
+    """P [I, S] float64: P&L per contract of every instrument under every scenario (as the reference).
+
+    ``float32=True`` (opt-in, never the default for margin numbers): every value is computed in
+    float64 exactly as without it and rounded once to float32 on store, i.e. ``P.astype(np.float32)``
+    of the float64 result, in half the memory. See ``tail_stats`` and ``float32_error_bound``.
+    """
     n_s = scenarios.n_scenarios
-    out = np.empty((len(pi), n_s))
+    out = np.empty((len(pi), n_s), dtype=np.float32 if float32 else np.float64)
     if len(pi) == 0 or n_s == 0:
         return out
     check_underlyings(pi.underlying_idx, np.shape(scenarios.price_shock)[1])
@@ -463,11 +491,26 @@ def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd") -> np.ndarray:
     return out
 
 
-def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
-    """Per-portfolio worst / VaR / ES over P [I, S] (MeasureSpec rule), fused and tiled."""
+def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = False) -> TailStats:
+    """Per-portfolio worst / VaR / ES over P [I, S] (MeasureSpec rule), fused and tiled.
+
+    ``float32=True`` is an opt-in storage mode, never the default for margin numbers: P is
+    read as float32 (rounded once if it is float64; a float32 P, e.g. from
+    ``revalue(..., float32=True)``, is used as is), which halves the bytes the aggregation
+    streams; products, sums and the tail selection stay in float64. Equal-weight specs only;
+    the results then differ from the float64 ones by at most ``float32_error_bound`` per
+    portfolio (docs/benchmarks.md states and tests/test_float32.py tests the bound).
+    Without it, a float32 P is widened to float64 exactly and treated as float64 data.
+    """
     n_port = len(portfolios)
     n_lev = len(spec.levels)
-    P = np.ascontiguousarray(P, dtype=np.float64)
+    if float32:
+        if spec.weight is not None:
+            raise ValueError("float32 storage is for equal-weight measure specs only "
+                             "(a weighted VaR/ES is not Lipschitz in the P&L, so no error bound holds)")
+        P = _as_float32(P)
+    else:
+        P = np.ascontiguousarray(P, dtype=np.float64)
     n_ins, S = P.shape
     worst = np.zeros(n_port)
     worst_s = np.zeros(n_port, dtype=np.int64)
@@ -483,7 +526,7 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
     weight = np.ones(S) if spec.weight is None else _vec(spec.weight, np.float64)
     if len(pnl) != S or len(weight) != S:
         raise ValueError(f"measure spec has {len(pnl)} pnl factors / {len(weight)} weights for {S} scenarios")
-    tile = int(min(S, max(16, TILE_BYTES // (8 * max(n_ins, 1)))))
+    tile = int(min(S, max(16, TILE_BYTES // (P.itemsize * max(n_ins, 1)))))
     chunk = int(max(1, min(n_port, STATE_BYTES // (32 * m + 24))))
     threads = numba.get_num_threads()
     indptr = _vec(portfolios.indptr, np.int64)
@@ -493,7 +536,7 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
     stride = int(max(1, min(SAMPLE_STRIDE, S // max(4 * m, 1))))
     sample = np.arange(0, S, stride)
     rank = int(min(len(sample), max(8, math.ceil(SAMPLE_MARGIN * m * len(sample) / S)))) if stride > 1 else 0
-    P_sample = np.ascontiguousarray(P[:, sample]) if rank else np.empty((n_ins, 0))
+    P_sample = np.ascontiguousarray(P[:, sample]) if rank else np.empty((n_ins, 0), dtype=P.dtype)
     pnl_sample = np.ascontiguousarray(pnl[sample]) if rank else np.empty(0)
     for lo in range(0, n_port, chunk):
         hi = min(lo + chunk, n_port)
@@ -502,6 +545,52 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec) -> TailStats:
                      _vec(ks, np.int64), weight, _vec(targets, np.float64), n_blocks, P_sample, pnl_sample, rank,
                      worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi])
     return TailStats(worst=worst, worst_scenario=worst_s, var=var, es=es)
+
+
+#: float32 unit roundoff and the spacing of its subnormals (the absolute error of underflow)
+_U32 = 2.0**-24
+_ETA32 = 2.0**-149
+
+
+def _as_float32(P) -> np.ndarray:
+    """P rounded to a C-contiguous float32 array; refuses values beyond float32's range."""
+    P = np.asarray(P)
+    if P.dtype != np.float32:
+        P64 = np.asarray(P, dtype=np.float64)
+        big = np.abs(P64[np.isfinite(P64)]).max(initial=0.0)
+        if big > float(np.finfo(np.float32).max):
+            raise ValueError(f"|P| reaches {big:.3g}, beyond float32's range: use float64 storage")
+        P = P64.astype(np.float32)
+    return np.ascontiguousarray(P)
+
+
+def float32_error_bound(portfolios, P: np.ndarray, spec: MeasureSpec) -> np.ndarray:
+    """[n_portfolios] bound on |r32 − r64| for worst, every VaR and every ES of ``tail_stats(..., float32=True)``.
+
+    With u = 2⁻²⁴ = eps32/2, F = max_s |pnl_factor_s| · max(1, profit_factor) and
+    B_p = Σ_i |q_i| · max_s |P_is| over the portfolio's positions:
+
+        |r32 − r64| ≤ F · (eps32 · B_p + 2⁻¹⁴⁹ · Σ_i |q_i|)
+
+    (docs/benchmarks.md derives it: rounding P to float32 moves every scenario loss by at most
+    F·(u·B_p + 2⁻¹⁵⁰·Σ|q|); worst, VaR and the equal-weight ES are 1-Lipschitz in the sup norm of
+    the losses; the float64 arithmetic of both runs adds under u·B_p·F while positions per
+    portfolio plus the tail count stay below 2²⁶.)
+    """
+    P = np.asarray(P)
+    P64 = np.asarray(P, dtype=np.float64)
+    rowmax = np.abs(P64).max(axis=1) if P64.shape[1] else np.zeros(P64.shape[0])
+    if P.dtype == np.float32:  # given the rounded P: |P64| ≤ |P32| / (1 − u) bounds the original's magnitude
+        rowmax = rowmax / (1.0 - _U32)
+    idx = np.asarray(portfolios.instrument_idx, dtype=np.int64)
+    aq = np.abs(np.asarray(portfolios.quantity, dtype=np.float64))
+    indptr = np.asarray(portfolios.indptr, dtype=np.int64)
+    seg = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    B = np.bincount(seg, weights=aq * rowmax[idx], minlength=len(indptr) - 1)
+    Q = np.bincount(seg, weights=aq, minlength=len(indptr) - 1)
+    pnl = 1.0 if spec.pnl_factor is None else float(np.abs(np.asarray(spec.pnl_factor, dtype=np.float64)).max(initial=0.0))
+    F = pnl * max(1.0, abs(float(spec.profit_factor)))
+    return F * (2.0 * _U32 * B + _ETA32 * Q)
 
 
 def threads() -> int:
