@@ -23,8 +23,9 @@ matrix:
   costs a compare per loss;
 * the floor starts at a high quantile of the portfolio's losses over a strided
   sample of the scenarios (every SAMPLE_STRIDE-th), placed so that about
-  SAMPLE_MARGIN·m losses are expected above it; the sample's r-th largest (r ≈ 13)
-  comes from a running top r, not a quickselect. If fewer than m losses end up
+  SAMPLE_MARGIN·m losses are expected above it; the sample's r-th largest comes
+  from a running top r when r ≤ TOP_R_MAX (r = 13 for ES99 of 10,000 scenarios),
+  otherwise from a quickselect. If fewer than m losses end up
   above it, that portfolio is recomputed with no floor, so the sample affects
   only speed, never the result;
 * candidates are stored as (loss, scenario) pairs side by side in one float64
@@ -67,6 +68,8 @@ STATE_BYTES = 256 << 20
 SAMPLE_STRIDE = 16
 #: ... at the rank where SAMPLE_MARGIN·m losses of all S are expected above it
 SAMPLE_MARGIN = 2.0
+#: sample ranks up to this use a running top r (≈ r·ln(n/r) replacements of r compares); larger ones a quickselect
+TOP_R_MAX = 32
 
 try:  # numba is a hard dependency, but the backend still reports cleanly without it
     import numba
@@ -219,6 +222,35 @@ if numba is not None:
                 lo = store + 1
             else:
                 hi = store - 1
+
+    @njit(cache=True, fastmath=False)
+    def _kth_largest(a, n, r):
+        """The r-th largest of a[:n] (1 ≤ r ≤ n) by quickselect; reorders a[:n]."""
+        lo = 0
+        hi = n - 1
+        want = r - 1  # position in descending order
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a[lo] < a[mid]:
+                a[lo], a[mid] = a[mid], a[lo]
+            if a[lo] < a[hi]:
+                a[lo], a[hi] = a[hi], a[lo]
+            if a[hi] < a[mid]:
+                a[mid], a[hi] = a[hi], a[mid]
+            pv = a[hi]
+            store = lo
+            for t in range(lo, hi):
+                if a[t] > pv:
+                    a[t], a[store] = a[store], a[t]
+                    store += 1
+            a[store], a[hi] = a[hi], a[store]
+            if store == want:
+                return a[store]
+            if store < want:
+                lo = store + 1
+            else:
+                hi = store - 1
+        return a[want]
 
     @njit(cache=True, fastmath=False)
     def _rth_largest(a, n, r, top):
@@ -385,7 +417,7 @@ if numba is not None:
             if rank > 0:
                 for p in range(p0, p1):
                     _losses(indptr, idx, qty, P_sample, lo + p, 0, n_samp, pnl_sample, profit_factor, buf)
-                    floor[p] = _rth_largest(buf, n_samp, rank, top)
+                    floor[p] = _rth_largest(buf, n_samp, rank, top) if rank <= TOP_R_MAX else _kth_largest(buf, n_samp, rank)
             for t0 in range(0, n_s, tile):
                 t1 = min(t0 + tile, n_s)
                 pf_t = pnl_factor[t0:t1]
