@@ -279,10 +279,12 @@ def main(argv=None) -> int:
             r["speedup_revalue"] = base["revalue_s"] / r["revalue_s"]
             r["speedup_total"] = base["total_s"] / r["total_s"]
             if r.get("float32"):
-                # Σ_p |r32_p| − Σ_p |r64_p| ≤ Σ_p |r32_p − r64_p| ≤ Σ_p bound_p; P itself is rounded: ≤ 2⁻²⁴·Σ|P|
+                # |Σ_p |r32_p| − Σ_p |r64_p|| ≤ Σ_p |r32_p − r64_p| ≤ Σ_p bound_p;
+                # P itself is rounded once: ≤ 2⁻²⁴·Σ|P|
                 tol = {"P": 2.0**-24 * base["checksum"]["P"] * (1 + 1e-9), "worst": r["float32_bound_sum"],
                        "var": r["float32_bound_sum"], "es": r["float32_bound_sum"]}
-                bad = [k for k in tol if abs(r["checksum"][k] - base["checksum"][k]) > tol[k] + 1e-9 * abs(base["checksum"][k])]
+                bad = [k for k in tol
+                       if abs(r["checksum"][k] - base["checksum"][k]) > tol[k] + 1e-9 * abs(base["checksum"][k])]
                 same_idx = True
             else:
                 bad = [k for k in ("P", "worst", "var", "es") if not _close(r["checksum"][k], base["checksum"][k])]

@@ -45,7 +45,8 @@ sum is still float64. Its results differ from float64 ones by at most
 Scratch: T doubles per thread and 2m (loss, scenario) pairs per portfolio of the
 current chunk; chunks are sized so that this state stays under ``STATE_BYTES``.
 Inputs are cast to one dtype set (int64 indices, float64 values; P float64 or, in
-the float32 mode, float32) so each kernel compiles once per P dtype (``cache=True`` keeps the machine code between runs).
+the float32 mode, float32) so each kernel compiles once per P dtype (``cache=True``
+keeps the machine code between runs).
 """
 
 from __future__ import annotations
@@ -417,7 +418,10 @@ if numba is not None:
             if rank > 0:
                 for p in range(p0, p1):
                     _losses(indptr, idx, qty, P_sample, lo + p, 0, n_samp, pnl_sample, profit_factor, buf)
-                    floor[p] = _rth_largest(buf, n_samp, rank, top) if rank <= TOP_R_MAX else _kth_largest(buf, n_samp, rank)
+                    if rank <= TOP_R_MAX:
+                        floor[p] = _rth_largest(buf, n_samp, rank, top)
+                    else:
+                        floor[p] = _kth_largest(buf, n_samp, rank)
             for t0 in range(0, n_s, tile):
                 t1 = min(t0 + tile, n_s)
                 pf_t = pnl_factor[t0:t1]
@@ -620,7 +624,9 @@ def float32_error_bound(portfolios, P: np.ndarray, spec: MeasureSpec) -> np.ndar
     seg = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     B = np.bincount(seg, weights=aq * rowmax[idx], minlength=len(indptr) - 1)
     Q = np.bincount(seg, weights=aq, minlength=len(indptr) - 1)
-    pnl = 1.0 if spec.pnl_factor is None else float(np.abs(np.asarray(spec.pnl_factor, dtype=np.float64)).max(initial=0.0))
+    pnl = 1.0
+    if spec.pnl_factor is not None:
+        pnl = float(np.abs(np.asarray(spec.pnl_factor, dtype=np.float64)).max(initial=0.0))
     F = pnl * max(1.0, abs(float(spec.profit_factor)))
     return F * (2.0 * _U32 * B + _ETA32 * Q)
 
