@@ -147,7 +147,7 @@ def run_child(backend: str, a) -> dict:
         "tail_stats_cpu_s": tail_cpu_s,
         "peak_rss_bytes": int(rss),
         "p_bytes": int(P.nbytes),
-        "checksum": {"P": float(np.abs(P).sum()), "worst": float(np.abs(worst).sum()), "var": float(np.abs(var).sum()),
+        "checksum": {"P": float(np.abs(P).sum(dtype=np.float64)), "worst": float(np.abs(worst).sum()), "var": float(np.abs(var).sum()),
                      "es": float(np.abs(es).sum())},
         "worst_scenario_sum": int(np.sum(worst_s)),
     }
