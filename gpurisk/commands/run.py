@@ -17,15 +17,20 @@ def add_parser(subparsers):
         "margin tables in OUT/<run_id>/, with manifest.json, metrics.prom and alerts.",
     )
     p.add_argument("job", help="job file (TOML); relative paths inside it resolve against its folder")
+    add_run_options(p)
+    p.add_argument("--resume", metavar="RUN_ID", help="finish run RUN_ID, reusing its checkpointed chunks")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_run_options(p) -> None:
+    """The options a single run and a schedule share (each overrides the job file's value)."""
     p.add_argument("--out", type=Path, help="output folder (default: the job's [job] output)")
     p.add_argument("--workers", type=int, help="worker processes of the embedded cluster (default: the job's, else 2)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="submit to a running Dask scheduler (tcp://host:8786)")
     p.add_argument("--backend", choices=CHOICES, help="compute backend (default: the job's)")
     p.add_argument("--chunk-size", help="portfolios per task, or 'auto' (default: the job's)")
-    p.add_argument("--resume", metavar="RUN_ID", help="finish run RUN_ID, reusing its checkpointed chunks")
     p.add_argument("--quiet", action="store_true", help="no progress bar and only warnings in the log")
-    p.set_defaults(func=run)
-    return p
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -7,7 +7,7 @@ import logging
 import signal
 from pathlib import Path
 
-from ..backends import CHOICES
+from .run import add_run_options
 
 log = logging.getLogger("gpurisk.batch")
 
@@ -21,12 +21,7 @@ def add_parser(subparsers):
     )
     p.add_argument("job", help="job file (TOML) with a [schedule] table")
     p.add_argument("--max-runs", type=int, help="stop after this many runs")
-    p.add_argument("--out", type=Path, help="output folder (default: the job's [job] output)")
-    p.add_argument("--workers", type=int, help="worker processes of the embedded cluster")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="submit to a running Dask scheduler")
-    p.add_argument("--backend", choices=CHOICES, help="compute backend (default: the job's)")
-    p.add_argument("--chunk-size", help="portfolios per task, or 'auto'")
-    p.add_argument("--quiet", action="store_true", help="only warnings in the log")
+    add_run_options(p)
     p.set_defaults(func=run)
     return p
 
