@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from types import MappingProxyType
 
 from ..config import BookSource, JobConfig, ModelJob, ScenarioSpec
 from ..errors import BookError, ConfigError
@@ -132,50 +131,16 @@ def load_book(path: Path, loader=None):
 
 
 def model_params(module, mj: ModelJob, where: str):
-    """The model's Params: from ``params_file`` (or defaults), then the inline ``params`` overrides."""
+    """The model's Params: from ``params_file`` (or defaults), then the inline ``params`` overrides,
+    each checked against its declared type like a parameter file's value."""
     params = module.load_params(str(mj.params_file) if mj.params_file else None)
     if not mj.params:
         return params
     if not dataclasses.is_dataclass(params):
         raise ConfigError(f"{where}.params: model {mj.name!r} does not take inline parameters")
-    fields = {f.name for f in dataclasses.fields(params)}
-    changes = {}
-    for key, value in mj.params.items():
-        if key not in fields:
-            raise ConfigError(f"{where}.params.{key}: unknown parameter of model {mj.name!r} "
-                              f"(known: {', '.join(sorted(fields))})")
-        current = getattr(params, key)
-        changes[key] = _coerce(value, current, f"{where}.params.{key}")
-    return dataclasses.replace(params, **changes)
+    from ..margin.params import override
 
-
-def _coerce(value, current, where: str):
-    """``value`` converted to the type of the default ``current`` (int→float, list→tuple)."""
-    if isinstance(value, MappingProxyType):
-        value = dict(value)
-    if current is None:
-        return value
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if isinstance(current, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(current, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if isinstance(current, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if isinstance(current, tuple):
-        if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"{where}: expected an array, got {value!r}")
-        return tuple(value)
-    return value
+    return override(params, dict(mj.params), f"{where}.params (model {mj.name!r})")
 
 
 #: generator name -> (module in gpurisk.scenarios, candidate function names)

@@ -87,6 +87,22 @@ def build(cls, data: dict, src: str = "<params>", prefix: str = ""):
         raise ConfigError(f"{src}: {exc}") from None
 
 
+def override(params, changes: dict, src: str):
+    """``params`` (a Params dataclass) with the fields in ``changes`` replaced, each checked against
+    its declared type exactly as a parameter file's value is (unknown names are an error)."""
+    cls = type(params)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"{src}: unknown parameter {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(dict(v) if isinstance(v, typing.Mapping) else v, hints[k], k, src) for k, v in changes.items()}
+    try:
+        return dataclasses.replace(params, **kwargs)
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise ConfigError(f"{src}: {exc}") from None
+
+
 def load(cls, path: str | Path | None):
     """``cls()`` when ``path`` is None, else the TOML file at ``path`` read strictly into ``cls``."""
     if path is None:
@@ -102,4 +118,4 @@ def load(cls, path: str | Path | None):
     return build(cls, data, str(p))
 
 
-__all__ = ["build", "load"]
+__all__ = ["build", "load", "override"]
