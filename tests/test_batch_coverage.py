@@ -82,3 +82,14 @@ def test_default_coverage_is_every_account_of_the_book(book):
     nokey = MarginResult("x", {"margin": pd.DataFrame({"im": [1.0]})}, {})
     cov = model_coverage(plain, p, book, nokey)
     assert not cov["complete"] and "account_id" in cov["error"]
+
+
+def test_okx_coverage_counts_account_rows_not_risk_unit_rows(book):
+    # a missing account row must not hide behind that account's risk-unit rows
+    p, res = _result(okx, book)
+    m = res.tables["margin"]
+    acct = m.loc[m["level"] == "account", "account_id"].iloc[0]
+    res.tables["margin"] = m[~((m["level"] == "account") & (m["account_id"] == acct))]
+    assert (res.tables["margin"]["account_id"] == acct).any()  # its risk-unit rows are still there
+    cov = model_coverage(okx, p, book, res)
+    assert not cov["complete"] and cov["missing"] == 1 and cov["missing_examples"][0].startswith(acct)

@@ -487,3 +487,26 @@ def test_as_of_before_the_history_is_a_clean_error():
         gm.compute(make_book(pos, as_of="2017-08-18T00:00:00Z"), "house", scenarios=_sset(50), backend="reference")
     with pytest.raises(ScenarioError, match="indicator"):
         house.apc_state(pd.Timestamp("2017-08-17"), house.Params(apc_indicator="SOL"))
+
+
+def test_a_lone_stress_set_is_the_stress_component():
+    # a stress-only run (e.g. the EOD stress job) is charged stress_factor × worst loss, not ES of 8 scenarios
+    from dataclasses import replace
+
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [200.0]})
+    shocks = np.array([[-0.40, -0.40], [-0.10, -0.20], [0.05, 0.0]])
+    stress = replace(make_scenario_set(["BTC", "ETH"], shocks, horizon_days=2.0), kind="stress")
+    p = house.Params(cross_venue=False, stress_factor=0.4)
+    r = gm.compute(make_book(pos), "house", params=p, scenarios=stress, backend="reference").tables["margin"].iloc[0]
+    worst = 200 * 0.01 * 60_000.0 * 0.40  # the −40 % move on 2 BTC of linear perp
+    assert r["base_component"] == "stress"
+    assert r["base"] == pytest.approx(0.4 * worst, rel=1e-12)
+
+
+def test_apc_reports_the_history_window_it_used(caplog):
+    house._long_daily_vol.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="gpurisk.margin.house"):
+        st = house.apc_state(pd.Timestamp("2020-03-13"), house.Params())
+    first = marketdata.daily_bars("BTC").index[0]
+    assert st["long_window_days"] == (pd.Timestamp("2020-03-13") - first).days  # history starts 2017-08-17
+    assert any("only" in r.getMessage() and "3650" in r.getMessage() for r in caplog.records)

@@ -162,19 +162,26 @@ def _ewma_daily_vol(coin: str, date: pd.Timestamp, lam: float) -> float:
 
 
 @lru_cache(maxsize=64)
-def _long_daily_vol(coin: str, date: pd.Timestamp, days: int) -> float:
+def _long_daily_vol(coin: str, date: pd.Timestamp, days: int) -> tuple[float, int]:
+    """(daily vol over up to ``days`` days to ``date``, days of history actually used)."""
     close = marketdata.daily_bars(coin)["close"].loc[date - pd.Timedelta(days=days) : date]
     r = np.log(close).diff().dropna()
     if len(r) < 2:
         raise KeyError(f"too little {coin} history before {date.date()}")
-    return float(r.std(ddof=1))
+    used = int((close.index[-1] - close.index[0]).days)
+    if used < days - 1:
+        log.warning(
+            "anti-procyclicality: %s history gives only %d of the %d days asked for before %s; "
+            "the long-run vol uses what there is", coin, used, days, date.date(),
+        )
+    return float(r.std(ddof=1)), used
 
 
 def apc_state(date: pd.Timestamp, params: Params) -> dict:
     """The anti-procyclicality buffer rate at ``date``: {buffer_rate, release, vol_ratio, short_vol, long_vol}."""
     try:
         short = _ewma_daily_vol(params.apc_indicator, date, params.vol_lambda)
-        long = _long_daily_vol(params.apc_indicator, date, params.apc_long_days)
+        long, long_days = _long_daily_vol(params.apc_indicator, date, params.apc_long_days)
     except KeyError as exc:
         raise ScenarioError(f"anti-procyclicality indicator: {exc.args[0] if exc.args else exc}") from None
     ratio = short / long
@@ -185,6 +192,7 @@ def apc_state(date: pd.Timestamp, params: Params) -> dict:
         "vol_ratio": ratio,
         "short_daily_vol": short,
         "long_daily_vol": long,
+        "long_window_days": long_days,  # may be shorter than apc_long_days where the history is
         "indicator": params.apc_indicator,
     }
 
@@ -288,13 +296,15 @@ def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
 
 
 def scenario_components(scenarios) -> dict[str, ScenarioSet]:
-    """A caller's scenarios as components: one ScenarioSet is ``{"user": set}``; a mapping is checked.
+    """A caller's scenarios as components: one ScenarioSet is ``{"user": set}`` (``{"stress": set}`` when its
+    kind is ``stress``, so a stress-only run is charged stress_factor × worst loss like the default); a
+    mapping is checked.
 
     Mapping keys are ``historical``, ``montecarlo``, ``user`` (measured by ES_q) and
     ``stress`` (measured by stress_factor × worst loss); at least one, each a ScenarioSet.
     """
     if isinstance(scenarios, ScenarioSet):
-        return {USER: scenarios}
+        return {"stress" if scenarios.kind == "stress" else USER: scenarios}
     if not isinstance(scenarios, Mapping):
         raise ScenarioError(
             f"house scenarios must be a ScenarioSet or a mapping of components, got {type(scenarios).__name__}"
