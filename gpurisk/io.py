@@ -76,14 +76,18 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_csv(path: Path) -> pa.Table:
-    """Every column as string (nulls only for empty cells), so validation sees the raw text."""
+def _magic(path: Path) -> bytes:
+    """The file's first 4 bytes (b"PAR1" for Parquet); BookError if it cannot be read."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            return fh.read(4)
     except OSError as exc:
         raise BookError(f"{path}: unreadable: {exc.strerror or exc}") from None
-    if head == b"PAR1":
+
+
+def _read_csv(path: Path) -> pa.Table:
+    """Every column as string (nulls only for empty cells), so validation sees the raw text."""
+    if _magic(path) == b"PAR1":
         raise BookError(f"{path}: is a Parquet file, but its name says CSV")
     try:
         with open(path, "rb") as fh:
@@ -128,12 +132,7 @@ def _csv_error_detail(path: Path, exc: BaseException) -> str:
 
 
 def _read_parquet(path: Path) -> pa.Table:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as exc:
-        raise BookError(f"{path}: unreadable: {exc.strerror or exc}") from None
-    if head != b"PAR1":
+    if _magic(path) != b"PAR1":
         raise BookError(f"{path}: not a Parquet file (its name says Parquet)")
     try:
         return pq.read_table(path)
