@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..backends import MeasureSpec, TailStats
+from ..tail import TailStats, check_levels, level_name, measure_columns, spec_for, stats_frame  # noqa: F401
 from ..book import Book
 from ..errors import ConfigError, ScenarioError
 from ..pricing import PricingInputs, pricing_inputs
@@ -30,61 +30,6 @@ from . import params as _params
 from .plan import Leg, MarginResult, Plan
 
 NAME = "measures"
-
-
-def level_name(q: float) -> str:
-    """Column suffix of a confidence level: 0.99 -> ``99``, 0.975 -> ``97_5``, 0.999 -> ``99_9``."""
-    pct = f"{100.0 * float(q):.6f}".rstrip("0").rstrip(".")
-    return pct.replace(".", "_")
-
-
-def measure_columns(levels) -> list[str]:
-    """``worst``, then ``var_<pct>`` and ``es_<pct>`` for each level, in order."""
-    return ["worst"] + [f"var_{level_name(q)}" for q in levels] + [f"es_{level_name(q)}" for q in levels]
-
-
-def check_levels(levels, where: str = "levels") -> tuple[float, ...]:
-    """Levels as a tuple of floats strictly inside (0, 1); ConfigError otherwise."""
-    levels = tuple(float(q) for q in levels)
-    if not levels or any(not (0.0 < q < 1.0) for q in levels):
-        raise ConfigError(f"{where} must be confidence levels strictly between 0 and 1, got {list(levels)}")
-    if len({level_name(q) for q in levels}) != len(levels):
-        raise ConfigError(f"{where} has duplicate levels {list(levels)}")
-    return levels
-
-
-def spec_for(scenarios: ScenarioSet, levels=(0.99,), profit_factor: float = 1.0) -> MeasureSpec:
-    """The MeasureSpec that honours a scenario set's weights and P&L factors.
-
-    Equal weights are passed as ``None`` so the plain ⌈(1−q)·S⌉ rule applies exactly;
-    all-ones P&L factors likewise.
-    """
-    w = np.asarray(scenarios.weight, dtype=np.float64)
-    f = np.asarray(scenarios.pnl_factor, dtype=np.float64)
-    if len(w) == 0:
-        raise ScenarioError("the scenario set is empty")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ScenarioError("scenario weights must be finite, non-negative and not all zero")
-    if not np.all(np.isfinite(f)):
-        raise ScenarioError("scenario pnl_factor must be finite")
-    equal = bool(np.all(w == w[0]))
-    ones = bool(np.all(f == 1.0))
-    return MeasureSpec(
-        levels=tuple(levels),
-        weight=None if equal else w,
-        pnl_factor=None if ones else f,
-        profit_factor=float(profit_factor),
-    )
-
-
-def stats_frame(stats: TailStats, levels) -> pd.DataFrame:
-    """TailStats [P] as a frame with ``measure_columns(levels)``."""
-    cols = {"worst": stats.worst}
-    for j, q in enumerate(levels):
-        cols[f"var_{level_name(q)}"] = stats.var[:, j]
-    for j, q in enumerate(levels):
-        cols[f"es_{level_name(q)}"] = stats.es[:, j]
-    return pd.DataFrame(cols)
 
 
 def map_scenarios(book: Book, scenarios: ScenarioSet, extra_underlyings=()) -> tuple[np.ndarray, ScenarioSet]:
