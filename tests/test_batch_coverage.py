@@ -6,7 +6,6 @@ positions and balances tables, not from the models' own ``coverage``.
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pandas as pd
@@ -63,33 +62,21 @@ def test_venue_replicas_cover_the_accounts_they_margin(tables, book, mod):
     cov = model_coverage(mod, p, book, res)
     ins = tables["instruments"].set_index("instrument_id")["venue"]
     pos = tables["positions"]
-    at = pos[pos["instrument_id"].map(ins).isin(p.context["params"].venues) & (pos["quantity"] != 0)]
+    at = pos[pos["instrument_id"].map(ins).isin(p.context.params.venues) & (pos["quantity"] != 0)]
     want = set(zip(at["account_id"], at["instrument_id"].map(ins)))
     assert cov["complete"] and cov["expected"] == cov["covered"] == len(want) > 0
 
 
-def test_default_coverage_is_every_account_of_the_book(book):
+def test_measures_coverage_is_every_account_of_the_book(book):
     p = measures.plan(book, measures.Params(), None)
     stats, _ = execute(p, "reference")
     res = measures.finalize(p, stats)
-    plain = types.SimpleNamespace()  # a model without coverage(): every account of the book
-    cov = model_coverage(plain, p, book, res)
-    assert cov["key"] == ["account_id"] and cov["expected"] == len(book.accounts) == cov["covered"]
+    cov = model_coverage(measures, p, book, res)
+    assert cov["key"] == ["account_id", "venue"] and cov["expected"] == len(book.accounts) == cov["covered"]
     short = MarginResult("x", {"margin": res.tables["margin"].iloc[2:]}, {})
-    cov = model_coverage(plain, p, book, short)
+    cov = model_coverage(measures, p, book, short)
     assert cov["missing"] == 2 and not cov["complete"]
-    assert cov["missing_examples"] == list(np.asarray(res.tables["margin"]["account_id"].iloc[:2]))
+    assert cov["missing_examples"] == [f"{a}/ALL" for a in res.tables["margin"]["account_id"].iloc[:2]]
     nokey = MarginResult("x", {"margin": pd.DataFrame({"im": [1.0]})}, {})
-    cov = model_coverage(plain, p, book, nokey)
+    cov = model_coverage(measures, p, book, nokey)
     assert not cov["complete"] and "account_id" in cov["error"]
-
-
-def test_okx_coverage_counts_account_rows_not_risk_unit_rows(book):
-    # a missing account row must not hide behind that account's risk-unit rows
-    p, res = _result(okx, book)
-    m = res.tables["margin"]
-    acct = m.loc[m["level"] == "account", "account_id"].iloc[0]
-    res.tables["margin"] = m[~((m["level"] == "account") & (m["account_id"] == acct))]
-    assert (res.tables["margin"]["account_id"] == acct).any()  # its risk-unit rows are still there
-    cov = model_coverage(okx, p, book, res)
-    assert not cov["complete"] and cov["missing"] == 1 and cov["missing_examples"][0].startswith(acct)

@@ -18,7 +18,7 @@ from test_measures import PRICES, make_book, random_positions
 import gpurisk.margin as gm
 from gpurisk import marketdata
 from gpurisk.backends import TailStats, reference
-from gpurisk.margin import calls, house
+from gpurisk.margin import calls, components, house
 from gpurisk.margin.plan import execute
 from gpurisk.pricing import VolTerm
 from gpurisk.scenarios import make_scenario_set
@@ -67,7 +67,7 @@ def test_im_components_by_hand():
     es = losses[:1].mean()  # k = ceil(0.01 * 100) = 1
     assert m["es_99"] == pytest.approx(es) and m["es_99_user"] == m["es_99"]
     assert m["base"] == pytest.approx(es) and m["base_component"] == "user"  # a caller's set is one component
-    date = house.history_date(book.as_of)
+    date = components.history_date(book.as_of)
     assert date == pd.Timestamp("2024-05-31")
     sigma = _ewma_vol_loop("BTC", date, 0.94)
     adv = marketdata.average_daily_volume_usd("BTC", date, 30)
@@ -120,13 +120,13 @@ def test_apc_buffer_released_in_stress_and_kept_in_calm():
 
 
 def test_history_date_clamps_to_last_bar():
-    assert house.history_date(np.datetime64("2026-03-01T08:00:00")) == pd.Timestamp("2024-12-31")
-    assert house.history_date(np.datetime64("2024-06-10T12:00:00")) == pd.Timestamp("2024-06-09")
-    assert house.history_date(np.datetime64("2024-06-10T00:00:00")) == pd.Timestamp("2024-06-09")
+    assert components.history_date(np.datetime64("2026-03-01T08:00:00")) == pd.Timestamp("2024-12-31")
+    assert components.history_date(np.datetime64("2024-06-10T12:00:00")) == pd.Timestamp("2024-06-09")
+    assert components.history_date(np.datetime64("2024-06-10T00:00:00")) == pd.Timestamp("2024-06-09")
     # 2026-03-01 08:00 could use the bar of 2026-02-28: 424 days after 2024-12-31
-    assert house.history_lag_days(np.datetime64("2026-03-01T08:00:00")) == (
+    assert components.history_lag_days(np.datetime64("2026-03-01T08:00:00")) == (
         pd.Timestamp("2026-02-28") - pd.Timestamp("2024-12-31")).days == 424
-    assert house.history_lag_days(np.datetime64("2025-01-01T00:00:00")) == 0  # the last bar is usable then
+    assert components.history_lag_days(np.datetime64("2025-01-01T00:00:00")) == 0  # the last bar is usable then
 
 
 def test_book_after_the_history_warns_and_reports_the_date(caplog):
@@ -230,19 +230,17 @@ def test_chunked_tail_stats_give_the_same_result():
 def test_default_scenario_set_is_fhs_mc_and_stress():
     book = make_book(pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-ETH-PERP"], "quantity": [1.0]}),
                      as_of="2026-03-01T00:00:00Z")
-    s = house.default_scenarios(book, house.Params())
-    kinds = [part["kind"] for part in s.metadata["parts"]]
-    assert kinds == ["historical", "montecarlo", "stress"]
-    n = {part["kind"]: part["n_scenarios"] for part in s.metadata["parts"]}
+    parts = components.default_components(book, house.Params().components())
+    assert [p.kind for p in parts.values()] == ["historical", "montecarlo", "stress"]
+    n = {k: p.n_scenarios for k, p in parts.items()}
     assert n["montecarlo"] == 10_000 and n["historical"] >= 1_000 and n["stress"] >= 1
-    assert s.n_scenarios == sum(n.values())
-    assert s.horizon_days == 2.0
-    assert {"ETH", "USDT"} <= set(s.underlyings)
+    assert all(p.horizon_days == 2.0 for p in parts.values())
+    assert {"ETH", "USDT"} <= set(parts["stress"].underlyings) and "ETH" in parts["historical"].underlyings
 
 
 def test_plan_has_one_leg_per_grouping_and_component():
     book = make_book(pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-ETH-PERP"], "quantity": [1.0]}))
-    comps = house.default_components(book, house.Params(mc_scenarios=500))
+    comps = components.default_components(book, house.Params(mc_scenarios=500).components())
     assert list(comps) == ["historical", "montecarlo", "stress"]
     assert [c.kind for c in comps.values()] == ["historical", "montecarlo", "stress"]
     assert comps["montecarlo"].n_scenarios == 500
@@ -251,7 +249,7 @@ def test_plan_has_one_leg_per_grouping_and_component():
     # the two groupings of a component share one revaluation; components never share one
     keys = {name: leg.pnl_key() for name, leg in pl.legs.items()}
     assert len(set(keys.values())) == 3 and keys["account/stress"] == keys["account_venue/stress"]
-    no_mc = house.default_components(book, house.Params(mc_scenarios=0))
+    no_mc = components.default_components(book, house.Params(mc_scenarios=0).components())
     assert list(no_mc) == ["historical", "stress"]
 
 
@@ -358,7 +356,7 @@ def test_im_does_not_drift_with_mc_scenarios():
     rows = {}
     for n in (2000, 10_000, 40_000):
         p = house.Params(mc_scenarios=n, cross_venue=False)
-        comps = house.default_components(book, p)
+        comps = components.default_components(book, p.components())
         res = gm.compute(book, "house", params=p, scenarios=comps, backend="reference")
         rows[n] = res.tables["margin"].iloc[0]
         meta = comps["montecarlo"].metadata
@@ -411,7 +409,7 @@ def test_collateral_is_not_in_the_liquidity_delta():
     without = gm.compute(make_book(pos), "house", params=p, scenarios=_sset(), backend="reference")
     a, b = with_c.tables["margin"].iloc[0], without.tables["margin"].iloc[0]
     D = 50 * 60_000.0
-    date = house.history_date(make_book(pos).as_of)
+    date = components.history_date(make_book(pos).as_of)
     liq = _ewma_vol_loop("BTC", date, 0.94) * D * math.sqrt(D / marketdata.average_daily_volume_usd("BTC", date, 30))
     assert a["liquidity_addon"] == pytest.approx(liq, rel=1e-6) == b["liquidity_addon"]
     assert a["floor"] == b["floor"] == pytest.approx(0.01 * D)
@@ -436,8 +434,8 @@ def test_house_on_generated_10k_book(generated_10k):
     book, res = generated_10k
     m, c, s = res.tables["margin"], res.tables["calls"], res.summary
     assert len(m) == 10_000 == s["accounts"] and list(m["account_id"]) == list(book.accounts)
-    num = m.select_dtypes("number")
-    assert np.isfinite(num.to_numpy()).all()
+    ran = [c for c in m.select_dtypes("number").columns if not c.endswith("_user")]  # no caller set in this run
+    assert np.isfinite(m[ran].to_numpy()).all() and m["es_99_user"].isna().all()
     assert (m["im"] > 0).all() and np.allclose(m["mm"], 0.8 * m["im"])
     assert (m["im"] >= m["floor"] - 1e-9).all()
     assert s["total_im"] == pytest.approx(m["im"].sum())
@@ -489,18 +487,39 @@ def test_as_of_before_the_history_is_a_clean_error():
         house.apc_state(pd.Timestamp("2017-08-17"), house.Params(apc_indicator="SOL"))
 
 
-def test_a_lone_stress_set_is_the_stress_component():
-    # a stress-only run (e.g. the EOD stress job) is charged stress_factor × worst loss, not ES of 8 scenarios
+@pytest.mark.parametrize("kind", ["stress", "historical", "user"])
+def test_a_caller_set_is_one_component_whatever_its_kind(kind):
+    # one documented rule: a caller's single set is the ``user`` component measured by ES_q, whatever its
+    # sidecar kind says (it used to be charged 0.33 × worst when the kind was "stress": about 3× apart),
+    # and the margin table has the same columns every time
     from dataclasses import replace
 
     pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [200.0]})
     shocks = np.array([[-0.40, -0.40], [-0.10, -0.20], [0.05, 0.0]])
-    stress = replace(make_scenario_set(["BTC", "ETH"], shocks, horizon_days=2.0), kind="stress")
+    sset = replace(make_scenario_set(["BTC", "ETH"], shocks, horizon_days=2.0), kind=kind)
     p = house.Params(cross_venue=False, stress_factor=0.4)
-    r = gm.compute(make_book(pos), "house", params=p, scenarios=stress, backend="reference").tables["margin"].iloc[0]
-    worst = 200 * 0.01 * 60_000.0 * 0.40  # the −40 % move on 2 BTC of linear perp
+    m = gm.compute(make_book(pos), "house", params=p, scenarios=sset, backend="reference").tables["margin"]
+    worst = 200 * 0.01 * 60_000.0 * 0.40  # the −40 % move on 2 BTC of linear perp; ES99 of 3 scenarios is the worst
+    r = m.iloc[0]
+    assert r["base_component"] == "user"
+    assert r["base"] == pytest.approx(worst, rel=1e-12) and r["es_99_user"] == pytest.approx(worst, rel=1e-12)
+    assert np.isnan(r["es_99_historical"]) and np.isnan(r["stress_charge"])
+    assert list(m.columns) == list(gm.compute(make_book(pos), "house", params=p, scenarios=replace(sset, kind="x"),
+                                              backend="reference").tables["margin"].columns)
+
+
+def test_a_stress_component_is_charged_stress_factor_times_worst():
+    # the EOD stress job names the component explicitly: {"stress": set} is charged stress_factor × worst loss
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [200.0]})
+    shocks = np.array([[-0.40, -0.40], [-0.10, -0.20], [0.05, 0.0]])
+    stress = make_scenario_set(["BTC", "ETH"], shocks, horizon_days=2.0)
+    p = house.Params(cross_venue=False, stress_factor=0.4)
+    r = gm.compute(make_book(pos), "house", params=p, scenarios={"stress": stress},
+                   backend="reference").tables["margin"].iloc[0]
+    worst = 200 * 0.01 * 60_000.0 * 0.40
     assert r["base_component"] == "stress"
-    assert r["base"] == pytest.approx(0.4 * worst, rel=1e-12)
+    assert r["base"] == pytest.approx(0.4 * worst, rel=1e-12) and r["stress_worst"] == pytest.approx(worst, rel=1e-12)
+    assert np.isnan(r["es_99"])
 
 
 def test_apc_reports_the_history_window_it_used(caplog):

@@ -14,7 +14,8 @@ import gpurisk.margin as gm
 from gpurisk.backends import MeasureSpec, TailStats, reference
 from gpurisk.book import Book
 from gpurisk.errors import ConfigError, ScenarioError
-from gpurisk.margin import measures
+from gpurisk import tail
+from gpurisk.margin import common, measures
 from gpurisk.margin.plan import execute
 from gpurisk.scenarios import make_scenario_set
 
@@ -73,7 +74,7 @@ def random_scenarios(rng, S: int, weighted: bool = False, factors: bool = False)
 
 def oracle(book: Book, sset, levels, profit_factor=1.0):
     """Independent measures: dense account P&L via np.add.at, then a full sort per account."""
-    pi, s2 = measures.book_pricing(book, sset)
+    pi, s2 = common.book_pricing(book, sset)
     P = reference.revalue(pi, s2)  # [I, S] per-contract P&L (pricing oracle)
     A = book.n_accounts
     L = np.zeros((A, sset.n_scenarios))
@@ -92,8 +93,8 @@ def oracle(book: Book, sset, levels, profit_factor=1.0):
             k = int(np.searchsorted(cw, (1 - q) * w.sum() * (1 - 1e-12)))
             var[a] = xs[k]
             es[a] = np.dot(ws[: k + 1], xs[: k + 1]) / cw[k]
-        out[f"var_{measures.level_name(q)}"] = var
-        out[f"es_{measures.level_name(q)}"] = es
+        out[f"var_{tail.level_name(q)}"] = var
+        out[f"es_{tail.level_name(q)}"] = es
     return pd.DataFrame(out, index=book.accounts)
 
 
@@ -102,11 +103,11 @@ def oracle(book: Book, sset, levels, profit_factor=1.0):
 
 @pytest.mark.parametrize("q,name", [(0.99, "99"), (0.975, "97_5"), (0.999, "99_9"), (0.9, "90"), (0.5, "50")])
 def test_level_names(q, name):
-    assert measures.level_name(q) == name
+    assert tail.level_name(q) == name
 
 
 def test_measure_columns_order():
-    assert measures.measure_columns((0.99, 0.975)) == ["worst", "var_99", "var_97_5", "es_99", "es_97_5"]
+    assert tail.measure_columns((0.99, 0.975)) == ["worst", "var_99", "var_97_5", "es_99", "es_97_5"]
 
 
 def _one_perp_book(qty=1.0):
@@ -187,7 +188,7 @@ def test_random_books_match_full_sort_oracle(weighted, factors, profit):
     df = gm.compute(book, "measures", params=measures.Params(levels=levels, profit_factor=profit), scenarios=sset,
                     backend="reference").tables["margin"].set_index("account_id")
     want = oracle(book, sset, levels, profit)
-    cols = measures.measure_columns(levels)
+    cols = tail.measure_columns(levels)
     np.testing.assert_allclose(df[cols].to_numpy(), want.loc[df.index, cols].to_numpy(), rtol=1e-10, atol=1e-8)
     assert (df["es_99"] >= df["var_99"] - 1e-9).all() and (df["worst"] >= df["es_99"] - 1e-9).all()
 
@@ -205,7 +206,7 @@ def test_cpu_backend_matches_reference_when_available():
     p = measures.Params(levels=(0.99, 0.975))
     a = gm.compute(book, "measures", params=p, scenarios=sset, backend="reference").tables["margin"]
     b = gm.compute(book, "measures", params=p, scenarios=sset, backend="cpu").tables["margin"]
-    cols = measures.measure_columns(p.levels)
+    cols = tail.measure_columns(p.levels)
     np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=1e-9, atol=1e-7)
 
 
@@ -218,7 +219,7 @@ _SSET = random_scenarios(np.random.default_rng(3), 200, weighted=True)
 def _measures(book, sset=_SSET, levels=(0.99, 0.9)):
     df = gm.compute(book, "measures", params=measures.Params(levels=levels), scenarios=sset,
                     backend="reference").tables["margin"]
-    return df.set_index("account_id")[measures.measure_columns(levels)]
+    return df.set_index("account_id")[tail.measure_columns(levels)]
 
 
 @SETTINGS
@@ -285,10 +286,10 @@ def test_exact_hedge_adds_no_risk(seed, size):
 
 def test_spec_for_passes_equal_weights_as_none():
     s = make_scenario_set(["BTC"], np.zeros((3, 1)), weight=[2.0, 2.0, 2.0])
-    spec = measures.spec_for(s, (0.99,))
+    spec = tail.spec_for(s, (0.99,))
     assert spec.weight is None and spec.pnl_factor is None
     s = make_scenario_set(["BTC"], np.zeros((3, 1)), weight=[1.0, 2.0, 2.0], pnl_factor=[1, 0.5, 1])
-    spec = measures.spec_for(s, (0.99,))
+    spec = tail.spec_for(s, (0.99,))
     np.testing.assert_array_equal(spec.weight, [1.0, 2.0, 2.0])
     np.testing.assert_array_equal(spec.pnl_factor, [1.0, 0.5, 1.0])
 
@@ -296,7 +297,7 @@ def test_spec_for_passes_equal_weights_as_none():
 def test_spec_for_rejects_bad_weights():
     s = make_scenario_set(["BTC"], np.zeros((2, 1)), weight=[-1.0, 2.0])
     with pytest.raises(ScenarioError, match="weights"):
-        measures.spec_for(s)
+        tail.spec_for(s)
 
 
 def test_tail_counts_agree_with_ceiling_rule():

@@ -57,7 +57,6 @@ def test_venue_rows_match_each_methodology(book):
     assert not m.duplicated(["account_id", "venue"]).any()
     d = run(deribit, book).tables["margin"]
     o = run(okx, book).tables["margin"]
-    o = o[o["level"] == "account"]
     dv = m[m["methodology"] == "deribit"].set_index("account_id")
     dd = d.groupby("account_id")[["im_usd", "mm_usd"]].sum()
     pd.testing.assert_frame_equal(dv[["im_usd", "mm_usd"]].sort_index(), dd.sort_index(), check_exact=False,
@@ -65,10 +64,12 @@ def test_venue_rows_match_each_methodology(book):
     ov = m[m["methodology"] == "okx"].set_index("account_id")
     np.testing.assert_allclose(ov["im_usd"].to_numpy(), o.set_index("account_id").loc[ov.index, "imr"].to_numpy(),
                                rtol=1e-13)
-    # single-currency deribit rows are in the coin
-    one = dv[dv["currency"] != "USD"]
-    np.testing.assert_allclose(one["im"].to_numpy(), d.set_index("account_id").loc[one.index, "im"].to_numpy(),
-                               rtol=1e-13)
+    # the venue table is all USD (one unit per column); Deribit's own figures, in each settlement coin,
+    # ride along in the ``deribit`` table
+    assert (m["currency"] == "USD").all() and np.array_equal(m["im"].to_numpy(), m["im_usd"].to_numpy())
+    pd.testing.assert_frame_equal(res.tables["deribit"], d)
+    assert set(d["currency"]) >= {"BTC", "ETH"}
+    np.testing.assert_allclose(d["im_usd"].to_numpy(), (d["im"] * d["index_price"]).to_numpy(), rtol=1e-15)
     # binance is fully paid spot: the sample book holds only long spot
     assert (m.loc[m["venue"] == "binance", "im_usd"] == 0.0).all()
     held = {(a, v) for a, v in zip(book.accounts[book.positions.account_idx],
@@ -99,9 +100,12 @@ def test_spot_methodology(tmp_path):
     assert short["excess_usd"] == pytest.approx(5_000.0 - 37_500.0, rel=1e-15)
 
 
-def test_unmapped_venue_and_wrong_instrument_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="kraken"):
-        run(venue, _spot_book(tmp_path, 1.0, venue_name="kraken"))
+def test_unmapped_venue_is_uncovered_and_wrong_instrument_is_an_error(tmp_path):
+    res = run(venue, _spot_book(tmp_path, 1.0, venue_name="kraken"))
+    r = res.tables["margin"].iloc[0]
+    assert r["venue"] == "kraken" and r["status"] == "uncovered" and r["methodology"] == "uncovered"
+    assert np.isnan(r["im_usd"]) and np.isnan(r["excess_usd"])
+    assert res.summary["uncovered_venues"] == ["kraken"] and res.summary["uncovered_pairs"] == 1
     with pytest.raises(GpuriskError, match="BTCUSDT.*binance.*not spot"):
         run(venue, _spot_book(tmp_path, 1.0, kind="perpetual"))
 
@@ -193,7 +197,7 @@ def test_equity_counts_spot_holdings_and_every_pair_has_a_row(tmp_path):
         assert r["im"] == r["mm"] == r["im_usd"] == r["mm_usd"] == 0.0 and r["excess_usd"] == r["equity_usd"]
     # OKX's own account row carries the same equity (spot included) and a positive requirement
     o = run(okx, book).tables["margin"]
-    ob = o[(o["level"] == "account") & (o["account_id"] == "b")].iloc[0]
+    ob = o[o["account_id"] == "b"].iloc[0]
     assert ob["equity"] == pytest.approx(m.loc[("b", "okx"), "equity_usd"], rel=1e-15)
     assert m.loc[("b", "okx"), "im_usd"] == pytest.approx(ob["imr"], rel=1e-15) and ob["imr"] > 0.0
     assert set(o["account_id"]) == {"b"}  # okx alone margins only accounts with positions there
@@ -215,13 +219,18 @@ def test_unpriced_holdings_are_errors_not_zero():
         run(venue, b)
 
 
-def test_balance_at_an_unmapped_venue_is_an_error(tmp_path):
+def test_balance_at_an_unmapped_venue_is_reported_not_fatal(tmp_path):
+    # one balance at a venue without a methodology used to fail the whole run; now only that pair is uncovered
     ins, mk, idx, pos, bal = _holdings_tables()
     bal = pd.concat([bal, pd.DataFrame({"account_id": ["c"], "venue": ["kraken"], "asset": ["USDT"],
                                         "amount": [1.0]})], ignore_index=True)
     book = write_book(tmp_path / "k", "2025-01-02T00:00:00Z", ins, mk, idx, pos, bal)
-    with pytest.raises(ConfigError, match="kraken"):
-        run(venue, book)
+    res = run(venue, book)
+    m = res.tables["margin"].set_index(["account_id", "venue"])
+    assert m.loc[("c", "kraken"), "status"] == "uncovered" and np.isnan(m.loc[("c", "kraken"), "im_usd"])
+    covered = m.drop(index=("c", "kraken"))
+    assert covered["status"].isin(["ok", "call", "reduce_only", "liquidation"]).all()
+    assert np.isfinite(covered["im_usd"]).all() and res.summary["uncovered_venues"] == ["kraken"]
 
 
 def test_coverage_lists_the_pairs_each_model_must_report(book):

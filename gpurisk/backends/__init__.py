@@ -8,6 +8,9 @@ CuPy and Numba are imported only when their backend is used.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
 
 from .base import BackendUnavailable, NonFinitePnL, MeasureSpec, TailStats
 
@@ -30,15 +33,47 @@ def get(name: str):
 
 
 def select(name: str = "auto"):
-    """Resolve ``auto`` to the GPU if usable, else the CPU; other names as ``get``."""
+    """The backend module for ``name``: an explicit name must be usable (BackendUnavailable says why);
+    ``auto`` takes the GPU when usable, else the CPU, else the reference. See ``resolve``."""
+    return resolve(name).backend
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A backend request resolved once: ``requested`` (auto | reference | cpu | gpu), the backend
+    module chosen, and why ``auto`` did not take the GPU (``""`` when it did, or was not asked)."""
+
+    requested: str
+    backend: object
+    gpu_skipped: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def gpu_fallback(self) -> bool:
+        """True when ``auto`` wanted the GPU, CuPy is installed, but the device could not be used."""
+        return bool(self.gpu_skipped) and importlib.util.find_spec("cupy") is not None
+
+
+def resolve(name: str = "auto") -> Resolved:
+    """Resolve a backend request once, where the work will run.
+
+    An explicit ``gpu`` (or ``cpu``, ``reference``) that cannot run here is a one-line
+    ``BackendUnavailable``; ``auto`` takes the GPU when usable, else the CPU (else the
+    reference), logging a warning when CuPy is installed but the GPU is not usable.
+    """
     if name != "auto":
-        return get(name)
-    for candidate in ("gpu", "cpu"):
-        try:
-            return get(candidate)
-        except BackendUnavailable:
-            continue
-    return get("reference")
+        return Resolved(name, get(name))
+    try:
+        return Resolved("auto", get("gpu"))
+    except BackendUnavailable as exc:
+        why = str(exc)
+    res = Resolved("auto", _fallback(), why)
+    log = logging.getLogger("gpurisk.backends")
+    (log.warning if res.gpu_fallback else log.debug)("backend auto: %s; using %s", why, res.name)
+    return res
 
 
 def _fallback():
@@ -56,7 +91,7 @@ def _to_host(a):
     return a
 
 
-__all__ = ["Engine", "get", "select", "NAMES", "CHOICES", "MeasureSpec", "TailStats", "BackendUnavailable"]
+__all__ = ["Engine", "Resolved", "resolve", "get", "select", "NAMES", "CHOICES", "MeasureSpec", "TailStats", "BackendUnavailable"]
 
 
 def check_finite_pnl(P, scenarios=None) -> None:
@@ -75,20 +110,21 @@ def check_finite_pnl(P, scenarios=None) -> None:
 
 
 class Engine:
-    """A backend chosen by name with GPU→CPU fallback.
+    """A resolved backend with a per-call GPU→CPU fallback.
 
-    ``revalue`` and ``tail_stats`` run on the selected backend; if the GPU backend
-    fails (no device, out of memory, compile error) the call is retried on the CPU,
-    a warning is logged and ``fallbacks`` counts it. ``used`` records the backend
-    that produced each call's result.
+    ``revalue`` and ``tail_stats`` run on the resolved backend. If the GPU fails in one call
+    (out of memory, a launch or compile error) that call is retried on the CPU, a warning is
+    logged, the GPU's device memory is released and ``fallbacks`` counts it; the next call
+    tries the GPU again. Bad input (``NonFinitePnL``, ``ValueError``) is raised, never retried.
+    ``used`` records the backend that produced each call's result. ``auto`` resolving to
+    the CPU although CuPy is installed also counts one fallback.
     """
 
-    def __init__(self, name: str = "auto"):
-        import logging
-
-        self.requested = name
-        self.backend = select(name)
-        self.fallbacks = 0
+    def __init__(self, name: "str | Resolved" = "auto"):
+        self.resolved = name if isinstance(name, Resolved) else resolve(name)
+        self.requested = self.resolved.requested
+        self.backend = self.resolved.backend
+        self.fallbacks = int(self.resolved.gpu_fallback)
         self.used: list[str] = []
         self._log = logging.getLogger("gpurisk.backends")
 
@@ -103,15 +139,16 @@ class Engine:
             return out
         except (NonFinitePnL, ValueError):
             raise  # bad input, not a GPU failure: the CPU would refuse it too
-        except Exception as exc:  # noqa: BLE001 - any GPU failure falls back
+        except Exception as exc:  # noqa: BLE001 - any GPU failure falls back for this call
             if self.backend.name != "gpu":
                 raise
-            self._log.warning("GPU backend failed in %s (%s: %s); falling back to the CPU", fn, type(exc).__name__, exc)
+            self._log.warning("GPU backend failed in %s (%s: %s); this call runs on the CPU", fn,
+                              type(exc).__name__, " ".join(str(exc).split())[:300])
             self.fallbacks += 1
-            self.backend = _fallback()
-            args = tuple(_to_host(a) for a in args)
-            out = getattr(self.backend, fn)(*args, **kwargs)
-            self.used.append(self.backend.name)
+            self.release()
+            other = _fallback()
+            out = getattr(other, fn)(*tuple(_to_host(a) for a in args), **kwargs)
+            self.used.append(other.name)
             return out
 
     def revalue(self, pi, scenarios, numeraire: str = "usd"):
@@ -122,3 +159,21 @@ class Engine:
 
     def tail_stats(self, portfolios, P, spec):
         return self._call("tail_stats", portfolios, P, spec)
+
+    def release(self) -> None:
+        """Free what the backend holds on its device (a no-op on the CPU)."""
+        fn = getattr(self.backend, "release", None)
+        if callable(fn):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - releasing must never mask the original failure
+                self._log.warning("releasing %s memory failed: %s", self.backend.name, exc)
+
+    def close(self) -> None:
+        self.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

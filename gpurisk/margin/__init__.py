@@ -1,8 +1,9 @@
 """Margin models and the public API.
 
-``MODELS`` maps a model name to its module (imported lazily). Every model module
-exposes ``Params``, ``load_params(path)``, ``plan(book, params, scenarios) -> Plan``
-and ``finalize(plan, stats) -> MarginResult`` (see ``gpurisk.margin.plan``).
+``MODELS`` maps a model name to its ``ModelSpec`` (module imported lazily). Every model
+module exposes ``NAME``, ``Params``, ``load_params(path)``, ``plan(book, params,
+scenarios) -> Plan``, ``finalize(plan, stats) -> MarginResult`` and ``coverage(plan)`` (the
+key rows its ``margin`` table must hold); see ``gpurisk.margin.plan`` for the contract.
 
 ``compute(book, model="house", ...)`` runs plan -> execute -> finalize. The module
 itself is callable: ``gpurisk.margin(book, model="measures", ...)`` is ``compute``.
@@ -13,16 +14,27 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-#: model name -> module path
-MODELS = {
-    "measures": "gpurisk.margin.measures",
-    "house": "gpurisk.margin.house",
-    "deribit": "gpurisk.margin.deribit",
-    "okx": "gpurisk.margin.okx",
-    "venue": "gpurisk.margin.venue",
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered margin model: its module, whether it takes a caller's scenario set, one line about it."""
+
+    module: str
+    takes_scenarios: bool
+    summary: str
+
+
+#: the one registry of margin models (the CLI, job files and the batch read it)
+MODELS: dict[str, ModelSpec] = {
+    "measures": ModelSpec("gpurisk.margin.measures", True, "worst loss, VaR and ES per account over a scenario set"),
+    "house": ModelSpec("gpurisk.margin.house", True,
+                       "house risk-based margin: ES over FHS, Monte Carlo and stress, add-ons, APC buffer"),
+    "deribit": ModelSpec("gpurisk.margin.deribit", False, "Deribit portfolio margin (S:PM) replica"),
+    "okx": ModelSpec("gpurisk.margin.okx", False, "OKX portfolio margin replica"),
+    "venue": ModelSpec("gpurisk.margin.venue", False, "each venue's own methodology, one row per account × venue"),
 }
 
 
@@ -30,26 +42,55 @@ def get_model(name: str):
     """The model module called ``name``; ConfigError if unknown or not installed."""
     if name not in MODELS:
         raise ConfigError(f"unknown margin model {name!r}; choose one of {', '.join(MODELS)}")
+    path = MODELS[name].module
     try:
-        return importlib.import_module(MODELS[name])
+        return importlib.import_module(path)
     except ModuleNotFoundError as exc:
-        if exc.name == MODELS[name]:
+        if exc.name == path:
             raise ConfigError(f"margin model {name!r} is not available in this build") from None
         raise
 
 
-def compute(book, model: str = "house", params=None, scenarios=None, backend="auto"):
-    """MarginResult of ``model`` on ``book``.
+def check_scenarios(model: str, scenarios) -> None:
+    """ConfigError when ``model`` is given a caller's scenarios it cannot use (its grids are its methodology)."""
+    if scenarios is not None and not MODELS[model].takes_scenarios:
+        takes = ", ".join(k for k, v in MODELS.items() if v.takes_scenarios)
+        raise ConfigError(f"model {model!r} uses its venue's own scenario grid and cannot take a scenario set; "
+                          f"scenario sets apply to: {takes}")
 
+
+def _as_book(book):
+    """A ``Book`` from a Book, a ``LoadedBook`` (``io.load_book``'s result) or a book folder path."""
+    from ..book import Book
+
+    if isinstance(book, Book):
+        return book
+    inner = getattr(book, "book", None)
+    if isinstance(inner, Book):
+        return inner
+    if isinstance(book, (str, bytes)) or hasattr(book, "__fspath__"):
+        from ..io import load_book
+
+        return load_book(book).book
+    raise ConfigError(f"gpurisk.margin needs a Book, a LoadedBook or a book folder path, got {type(book).__name__}")
+
+
+def compute(book, model: str = "house", params=None, scenarios=None, backend="auto"):
+    """MarginResult of ``model`` on ``book``, checked against the output contract.
+
+    book: a ``Book`` (validated: built by ``gpurisk.io.load_book`` or ``Book.from_frames``), a
+    ``LoadedBook`` or a book folder path (loaded and validated; bad rows are rejected).
     params: the model's Params, a TOML path, or None for defaults.
-    scenarios: a ScenarioSet replacing the model's own, or None.
+    scenarios: a ScenarioSet for the models that take one (``MODELS[name].takes_scenarios``), or None.
     backend: a name (``reference``, ``cpu``, ``gpu``, ``auto``) or an ``Engine``.
     The summary gains ``backend``, ``gpu_fallbacks`` and timings.
     """
     from ..backends import BackendUnavailable, Engine
-    from .plan import execute
+    from .plan import execute, finish
 
     mod = get_model(model)
+    check_scenarios(model, scenarios)
+    book = _as_book(book)
     if params is None or isinstance(params, (str, bytes)) or hasattr(params, "__fspath__"):
         params = mod.load_params(None if params is None else str(params))
     if not isinstance(backend, Engine):
@@ -59,7 +100,7 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
             raise ConfigError(str(exc)) from None
     p = mod.plan(book, params, scenarios)
     stats, metrics = execute(p, backend)
-    result = mod.finalize(p, stats)
+    result = finish(mod, p, stats)
     result.summary.update(metrics)
     return result
 
@@ -71,4 +112,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["MODELS", "get_model", "compute"]
+__all__ = ["MODELS", "ModelSpec", "get_model", "check_scenarios", "compute"]

@@ -65,9 +65,10 @@ def classify(im: np.ndarray, mm: np.ndarray, equity: np.ndarray, params: CallPar
 
 
 def calls_table(margin: pd.DataFrame) -> pd.DataFrame:
-    """Accounts that need action: ``account_id, model, currency, status, call_amount, reason, im, mm, equity``."""
-    need = margin[margin["status"] != "ok"]
-    out = need[["account_id", "model", "currency", "status", "call_amount", "im", "mm", "equity"]].copy()
+    """Rows that need action, from a margin table's standard columns (USD):
+    ``account_id, venue, model, status, call_amount_usd, reason, im_usd, mm_usd, equity_usd``."""
+    need = margin[margin["status"].isin(STATUSES[1:])]
+    out = need[["account_id", "venue", "model", "status", "call_amount_usd", "im_usd", "mm_usd", "equity_usd"]].copy()
     out.insert(5, "reason", out["status"].map(REASONS).astype(object))
     return out.reset_index(drop=True)
 

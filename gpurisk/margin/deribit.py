@@ -33,17 +33,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..backends import MeasureSpec, TailStats
 from ..backends import reference as ref
 from ..book import FUTURE, INVERSE, OPTION, PERPETUAL, STABLECOINS, Book
 from ..errors import GpuriskError
 from ..pricing import VOL_MODE_CODES, PricingInputs, VolTerm, _ndtr, pricing_inputs
 from ..scenarios import ScenarioSet
-from .plan import Leg, MarginResult, Plan
-from .venue import (check_market, covered_pairs, group_portfolios, load_params_file, row_of_entries, take_rows,
-                    venue_positions)
+from ..tail import MeasureSpec, TailStats
+from .params import load_overlay
+from .plan import Leg, MarginResult, Plan, standard_frame
+from .replica import check_market, covered_pairs, group_portfolios, row_of_entries, take_rows, venue_positions
 
-MODEL = "deribit"
+NAME = MODEL = "deribit"
 USD = "USD"
 
 
@@ -168,7 +168,7 @@ def load_params(path: str | None) -> Params:
     Tables ``[pairs.BTC]`` and ``[currencies.BTC]`` replace the built-in entry for
     that name (keys not given keep the PairParams/CurrencyParams defaults).
     """
-    return load_params_file(Params, path)
+    return load_overlay(Params, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,11 +258,23 @@ def usd_delta_per_contract(pi: PricingInputs) -> np.ndarray:
 # plan and finalize
 
 
+@dataclass(frozen=True)
+class Context:
+    """What ``finalize`` needs: the book, the parameters and one entry per (venue, underlying, currency)
+    group (its legs, parameters, USD conversion and per-contract arrays)."""
+
+    book: Book
+    params: Params
+    groups: list
+
+
 def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None = None) -> Plan:
     """Legs per (underlying, settlement currency): the standard table and one leg per extended move.
 
-    ``scenarios`` is ignored: the venue's grid is part of the methodology.
+    The venue's grid is the methodology: a caller's ``scenarios`` are refused (``gpurisk.margin.check_scenarios``).
     """
+    if scenarios is not None:
+        raise GpuriskError("deribit: the Deribit replica uses its own risk matrix and cannot take a scenario set")
     params = params or Params()
     ins = book.instruments
     sel = venue_positions(book, params.venues)
@@ -305,7 +317,7 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
             conv=index_usd if coin else 1.0, index_usd=index_usd,
             settle_size=settle_size, roll_rate=roll_rate, usd_delta=usd_delta_per_contract(pi),
         ))
-    return Plan(model=MODEL, legs=legs, context={"book": book, "params": params, "groups": groups})
+    return Plan(model=MODEL, legs=legs, context=Context(book, params, groups))
 
 
 def counted_extended(L: np.ndarray, pp: PairParams, cp: CurrencyParams, conv: float) -> np.ndarray:
@@ -381,7 +393,7 @@ def _equity(book: Book, rows: pd.DataFrame) -> np.ndarray:
 def coverage(plan: Plan) -> pd.DataFrame:
     """The (account_id, venue) pairs the ``margin`` table must hold: every account with a
     non-zero position at one of the model's venues (the batch layer checks the output)."""
-    return covered_pairs(plan.context["book"], plan.context["params"].venues)
+    return covered_pairs(plan.context.book, plan.context.params.venues)
 
 
 def risk_vectors(plan: Plan, table: pd.DataFrame, top: int) -> pd.DataFrame:
@@ -397,7 +409,7 @@ def risk_vectors(plan: Plan, table: pd.DataFrame, top: int) -> pd.DataFrame:
     pick = table.assign(_usd=table["im"] * table["conv"]).nlargest(top, "_usd", keep="first")
     legs = plan.legs
     out = []
-    for gi, g in enumerate(plan.context["groups"]):
+    for gi, g in enumerate(plan.context.groups):
         rows = np.sort(pick.loc[pick["_group"] == gi, "_row"].to_numpy())
         if len(rows) == 0:
             continue
@@ -431,22 +443,29 @@ def risk_vectors(plan: Plan, table: pd.DataFrame, top: int) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)[cols]
 
 
+#: units of the ``margin`` table's own columns (besides the standard ones)
+UNITS = {"worst_case": "currency", "roll_shock": "currency", "delta_shock": "currency", "index_price": "USD"}
+RISK_VECTOR_UNITS = {"price_shock": "1", "vol_shock": "1", "pnl": "currency", "counted_pnl": "currency"}
+
+
 def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
-    """``margin`` per account × settlement currency, ``risk_vectors`` of the largest requirements."""
-    params: Params = plan.context["params"]
-    book: Book = plan.context["book"]
+    """``margin`` per account × venue × settlement currency (in that currency, and USD at the index),
+    ``risk_vectors`` of the largest requirements."""
+    ctx: Context = plan.context
+    params, book = ctx.params, ctx.book
     parts = []
-    for gi, g in enumerate(plan.context["groups"]):
+    for gi, g in enumerate(ctx.groups):
         t = _group_table(g, plan.legs, stats, params.mm_factor)
         t["_group"] = gi
         t["_row"] = np.arange(len(t))
         parts.append(t)
-    cols = ["account_id", "model", "venue", "currency", "im", "mm", "worst_case", "roll_shock", "delta_shock",
-            "equity", "excess", "im_usd", "mm_usd", "worst_scenario", "index_price"]
+    extra = ["worst_case", "roll_shock", "delta_shock", "worst_scenario", "index_price"]
+    units = {"margin": UNITS, "risk_vectors": RISK_VECTOR_UNITS}
     if not parts:
-        empty = pd.DataFrame(columns=cols)
+        empty = standard_frame([], [], MODEL, [], [], [], []).assign(**{c: [] for c in extra})
         return MarginResult(MODEL, {"margin": empty, "risk_vectors": risk_vectors(plan, pd.DataFrame(), 0)},
-                            {"model": MODEL, "n_rows": 0, "accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0})
+                            {"model": MODEL, "n_rows": 0, "accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0},
+                            units)
     pair_table = pd.concat(parts, ignore_index=True)
     # one row per account × currency: sum over the currency's underlyings (one for a coin)
     g = pair_table.groupby(["account_idx", "account_id", "venue", "currency"], sort=True)
@@ -454,13 +473,11 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
                im=("im", "sum"), mm=("mm", "sum"), conv=("conv", "first"),
                worst_scenario=("worst_scenario", "first"), n_under=("underlying", "nunique")).reset_index()
     ix.loc[ix["n_under"] > 1, "worst_scenario"] = "per underlying"
-    ix["equity"] = _equity(book, ix)
-    ix["excess"] = ix["equity"] - ix["im"]
-    ix["im_usd"] = ix["im"] * ix["conv"]
-    ix["mm_usd"] = ix["mm"] * ix["conv"]
-    ix["index_price"] = ix["conv"]
-    ix["model"] = MODEL
-    margin = ix[cols].reset_index(drop=True)
+    margin = standard_frame(ix["account_id"], ix["venue"], MODEL, ix["currency"], ix["im"], ix["mm"],
+                            _equity(book, ix), ix["conv"])
+    for c in extra[:-1]:
+        margin[c] = ix[c].to_numpy()
+    margin["index_price"] = ix["conv"].to_numpy()
     vectors = risk_vectors(plan, pair_table, params.risk_vectors_top)
     summary = {
         "model": MODEL,
@@ -472,8 +489,8 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "mm_usd_total": float(margin["mm_usd"].sum()),
         "n_risk_vector_portfolios": int(vectors[["account_id", "venue", "currency", "underlying"]].drop_duplicates().shape[0]),
     }
-    return MarginResult(MODEL, {"margin": margin, "risk_vectors": vectors}, summary)
+    return MarginResult(MODEL, {"margin": margin, "risk_vectors": vectors}, summary, units)
 
 
-__all__ = ["Params", "PairParams", "CurrencyParams", "load_params", "plan", "finalize", "coverage",
+__all__ = ["NAME", "Context", "Params", "PairParams", "CurrencyParams", "load_params", "plan", "finalize", "coverage",
            "standard_scenarios", "extended_scenario"]

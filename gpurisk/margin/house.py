@@ -41,27 +41,23 @@ import numpy as np
 import pandas as pd
 
 from .. import marketdata
-from ..backends import TailStats
 from ..book import STABLECOINS, Book
 from ..errors import ScenarioError
 from ..pricing import NUMERAIRE_USD, PricingInputs, VolTerm, contract_values, pricing_inputs
 from ..scenarios import ScenarioSet
+from ..tail import TailStats, check_levels, level_name, spec_for
 from . import calls as _calls
 from . import collateral as _coll
 from . import params as _params
-from .measures import check_levels, level_name, map_scenarios, spec_for
-from .plan import Leg, MarginResult, Plan
+from .common import map_scenarios
+from .components import (COMPONENTS, ES_COMPONENTS, USER, ComponentParams, caller_components, default_components,
+                         history_date, history_lag_days)
+from .plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
 
 NAME = "house"
 
 log = logging.getLogger(__name__)
 
-#: the default scenario components, in leg order
-COMPONENTS = ("historical", "montecarlo", "stress")
-#: the component a caller's single scenario set becomes
-USER = "user"
-#: components measured by ES_q (the rest, ``stress``, by stress_factor × worst loss)
-ES_COMPONENTS = ("historical", "montecarlo", USER)
 #: portfolio groupings: the cross-venue account, and each account×venue standalone
 GROUPINGS = ("account", "account_venue")
 
@@ -123,6 +119,11 @@ class Params:
             if not ok:
                 raise ValueError(msg)
 
+    def components(self) -> ComponentParams:
+        """The parameters of the default scenario components."""
+        return ComponentParams(self.horizon_days, self.lookback_days, self.ewma_lambda, self.mc_scenarios,
+                               self.mc_seed, self.mc_dist, self.stress_names)
+
 
 def load_params(path: str | None = None) -> Params:
     """Params from a TOML file (strict keys and types), or the defaults when ``path`` is None."""
@@ -130,26 +131,6 @@ def load_params(path: str | None = None) -> Params:
 
 
 # --------------------------------------------------------------------------- market inputs
-
-
-def history_date(as_of) -> pd.Timestamp:
-    """The date of the last daily bar the model may use at ``as_of``, clamped to the last shipped bar.
-
-    A bar dated d closes at d+1 00:00 UTC, so it is usable when d + 1 day ≤ as_of
-    (the rule of ``scenarios.historical``). A book dated after the shipped history
-    (which ends 2024-12-31) uses that last bar; ``history_lag_days`` says by how much.
-    """
-    last = marketdata.daily_bars("BTC").index.max()
-    return min(_usable_bar(as_of), last)
-
-
-def _usable_bar(as_of) -> pd.Timestamp:
-    return (pd.Timestamp(np.datetime64(as_of, "s")) - pd.Timedelta(days=1)).floor("D")
-
-
-def history_lag_days(as_of) -> int:
-    """Days between the bar the as-of time could use and the bar the model uses (0 unless clamped)."""
-    return int((_usable_bar(as_of) - history_date(as_of)).days)
 
 
 @lru_cache(maxsize=64)
@@ -223,108 +204,44 @@ def delta_notional(pi: PricingInputs, term: VolTerm) -> np.ndarray:
     return (scen[:, 0] - scen[:, 1]) / (2.0 * DELTA_BUMP)
 
 
-def _generator(module, *names):
-    for n in names:
-        fn = getattr(module, n, None)
-        if fn is not None:
-            return fn
-    raise ScenarioError(f"{module.__name__} has none of {names}")
-
-
-def _book_coins(book: Book) -> list[str]:
-    coins = sorted(
-        (set(map(str, book.instruments.underlying)) | set(map(str, book.balances.asset))) - set(STABLECOINS)
-    )
-    return coins or ["BTC"]
-
-
-def default_components(book: Book, params: Params | None = None) -> dict[str, ScenarioSet]:
-    """{historical, montecarlo (if ``mc_scenarios`` > 0), stress} over the book's coins (stablecoins aside).
-
-    History is read as of ``history_date(book.as_of) + 1 day`` (the close of the last bar used).
-    Every component has the model's horizon.
-    """
-    params = params or Params()
-    coins = _book_coins(book)
-    hist_as_of = history_date(book.as_of) + pd.Timedelta(days=1)
-    try:
-        from ..scenarios import historical, montecarlo, stress
-    except ImportError as exc:
-        raise ScenarioError(f"scenario generators unavailable ({exc}); pass a scenario file") from None
-    h = params.horizon_days
-    try:
-        parts = {}
-        parts["historical"] = _generator(historical, "generate", "historical_scenarios")(
-            hist_as_of, coins=coins, lookback_days=params.lookback_days, horizon_days=h, ewma_lambda=params.ewma_lambda
-        )
-        if params.mc_scenarios > 0:
-            if hasattr(montecarlo, "generate"):
-                mc = montecarlo.generate(
-                    hist_as_of, n_scenarios=params.mc_scenarios, seed=params.mc_seed, dist=params.mc_dist,
-                    horizon_days=h, coins=coins,
-                )
-            else:
-                mc = montecarlo.monte_carlo_scenarios(
-                    hist_as_of, n_scenarios=params.mc_scenarios, seed=params.mc_seed, distribution=params.mc_dist,
-                    horizon_days=h, coins=coins,
-                )
-            parts["montecarlo"] = mc
-        st = _generator(stress, "generate", "named_stress")(coins=coins, horizon_days=h)
-        if params.stress_names:
-            keep = np.isin(np.asarray(st.scenario_id, dtype=str), list(params.stress_names))
-            if not keep.any():
-                raise ScenarioError(f"no stress scenario is named any of {list(params.stress_names)}")
-            st = st.subset(np.flatnonzero(keep))
-        parts["stress"] = st
-    except (KeyError, ValueError) as exc:
-        raise ScenarioError(f"cannot build the house scenario set: {exc}") from None
-    # the generators agree on horizon and vol-term parameters; align the floats
-    term = parts["historical"].term
-    return {k: replace(v, horizon_days=float(h), term=term) for k, v in parts.items()}
-
-
-def default_scenarios(book: Book, params: Params | None = None) -> ScenarioSet:
-    """The default components joined into one set (``ScenarioSet.concat``), for models that pool them.
-
-    The house model itself never pools them: it measures each component on its own leg.
-    """
-    parts = list(default_components(book, params).values())
-    try:
-        return ScenarioSet.concat(parts, kind="house", source=" + ".join(f"{p.kind}({p.n_scenarios})" for p in parts))
-    except ValueError as exc:
-        raise ScenarioError(f"cannot build the house scenario set: {exc}") from None
-
-
-def scenario_components(scenarios) -> dict[str, ScenarioSet]:
-    """A caller's scenarios as components: one ScenarioSet is ``{"user": set}`` (``{"stress": set}`` when its
-    kind is ``stress``, so a stress-only run is charged stress_factor × worst loss like the default); a
-    mapping is checked.
-
-    Mapping keys are ``historical``, ``montecarlo``, ``user`` (measured by ES_q) and
-    ``stress`` (measured by stress_factor × worst loss); at least one, each a ScenarioSet.
-    """
-    if isinstance(scenarios, ScenarioSet):
-        return {"stress" if scenarios.kind == "stress" else USER: scenarios}
-    if not isinstance(scenarios, Mapping):
-        raise ScenarioError(
-            f"house scenarios must be a ScenarioSet or a mapping of components, got {type(scenarios).__name__}"
-        )
-    allowed = ES_COMPONENTS + ("stress",)
-    bad = [str(k) for k in scenarios if k not in allowed]
-    if bad or not scenarios:
-        raise ScenarioError(f"house scenario components must be some of {list(allowed)}, got {list(scenarios)}")
-    for k, v in scenarios.items():
-        if not isinstance(v, ScenarioSet):
-            raise ScenarioError(f"house scenario component {k!r} is a {type(v).__name__}, not a ScenarioSet")
-    return {k: scenarios[k] for k in allowed if k in scenarios}
+def scenario_components(book: Book, params: Params, scenarios=None) -> dict[str, ScenarioSet]:
+    """The components of a run: the defaults (``components.default_components``) when ``scenarios``
+    is None, else the caller's (``components.caller_components``: one set is ``user``, measured by ES_q)."""
+    if scenarios is None:
+        return default_components(book, params.components())
+    return caller_components(scenarios)
 
 
 # --------------------------------------------------------------------------- plan / finalize
 
 
+@dataclass(frozen=True)
+class Context:
+    """What ``requirement`` and ``finalize`` need, fixed when the plan is made.
+
+    delta [I + C] USD per unit relative move per contract (positions, then collateral rows);
+    und_code [I + C] underlying column of each; liq_sigma, liq_adv [U] per underlying.
+    """
+
+    params: Params
+    book: Book
+    collateral: _coll.CollateralInstruments
+    components: tuple[str, ...]
+    groupings: tuple[str, ...]
+    history_date: pd.Timestamp
+    history_lag_days: int
+    apc: dict
+    delta: np.ndarray
+    und_code: np.ndarray
+    n_underlyings: int
+    liq_sigma: np.ndarray
+    liq_adv: np.ndarray
+    liq_fallback: tuple[str, ...]
+
+
 def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
     """Legs ``<grouping>/<component>``: groupings ``account`` (cross-venue) and, if ``cross_venue``,
-    ``account_venue`` (standalone); components as ``default_components`` or ``scenario_components``.
+    ``account_venue`` (standalone); components as ``scenario_components``.
 
     The legs of one component share one revaluation; the legs of one grouping share one CSR.
     """
@@ -333,10 +250,10 @@ def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
     lag = history_lag_days(book.as_of)
     if lag > 0:
         log.warning(
-            "house: book as-of %s is after the shipped market history; using history to %s (%d days stale)",
+            "house: book as-of %s is after the market history; using history to %s (%d days stale)",
             pd.Timestamp(np.datetime64(book.as_of, "s")), date.date(), lag,
         )
-    comps = default_components(book, params) if scenarios is None else scenario_components(scenarios)
+    comps = scenario_components(book, params, scenarios)
     coll = _coll.collateral_instruments(book)
     n_ins = len(book.instruments)
     groupings = GROUPINGS if params.cross_venue else GROUPINGS[:1]
@@ -354,43 +271,36 @@ def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
     code, und = pd.factorize(pd.Series(names, dtype=object), sort=True)
     pi0 = PricingInputs.concat([pricing_inputs(book, code[:n_ins]), coll.pricing(code[n_ins:])])
     sig, adv, fb = liquidity_inputs(list(und), date, params)
-    ctx = {
-        "params": params,
-        "book": book,
-        "collateral": coll,
-        "components": list(comps),
-        "groupings": list(groupings),
-        "history_date": date,
-        "history_lag_days": lag,
-        "apc": apc_state(date, params),
-        "delta": delta_notional(pi0, next(iter(comps.values())).term),
-        "und_code": code.astype(np.int64),
-        "n_underlyings": len(und),
-        "liq_sigma": sig,
-        "liq_adv": adv,
+    held = set(map(str, book.instruments.underlying))
+    ctx = Context(
+        params=params, book=book, collateral=coll, components=tuple(comps), groupings=tuple(groupings),
+        history_date=date, history_lag_days=lag, apc=apc_state(date, params),
+        delta=delta_notional(pi0, next(iter(comps.values())).term), und_code=code.astype(np.int64),
+        n_underlyings=len(und), liq_sigma=sig, liq_adv=adv,
         # only position underlyings count: collateral is not in the add-on's delta
-        "liq_fallback": [str(u) for u, f in zip(und, fb) if f and u in set(map(str, book.instruments.underlying))],
-    }
+        liq_fallback=tuple(str(u) for u, f in zip(und, fb) if f and u in held),
+    )
     return Plan(NAME, legs, ctx)
 
 
 def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "account") -> dict[str, np.ndarray]:
     """Per portfolio of ``grouping``: the component measures, base, apc, liquidity, floor, im, mm ([P] USD).
 
-    Keys: ``es_<component>`` per ES component, ``stress_worst`` and ``stress_charge``
-    with a stress component, ``es`` (the largest ES component, if any), ``worst`` (over
-    every scenario of every component), ``base``, ``base_component`` (the binding
-    term, ``none`` when base is 0), ``apc_buffer``, ``liquidity_addon``, ``floor``,
-    ``im``, ``mm``. Vectorised over portfolios.
+    Keys: ``es_<component>`` and, for ``stress``, ``stress_worst`` and ``stress_charge``, for every
+    component in ``COMPONENTS`` (NaN for a component the run did not have), ``es`` (the largest ES
+    component; NaN if none ran), ``worst`` (over every scenario of every component), ``base``,
+    ``base_component`` (the binding term, ``none`` when base is 0), ``apc_buffer``,
+    ``liquidity_addon``, ``floor``, ``im``, ``mm``. Vectorised over portfolios.
     """
-    ctx = plan.context
-    params: Params = ctx["params"]
-    comps = ctx["components"]
+    ctx: Context = plan.context
+    params = ctx.params
+    comps = ctx.components
     ports = plan.legs[f"{grouping}/{comps[0]}"].portfolios
     P = len(ports)
-    out: dict[str, np.ndarray] = {}
+    nan = np.full(P, np.nan)
+    out: dict[str, np.ndarray] = {f"es_{c}": nan for c in ES_COMPONENTS}
+    out.update(stress_worst=nan, stress_charge=nan)
     charges, worst = [], np.full(P, -np.inf)
-    es_cols = []
     for c in comps:  # at most four components
         st = stats[f"{grouping}/{c}"]
         worst = np.maximum(worst, st.worst)
@@ -400,10 +310,9 @@ def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "accoun
             charges.append(out["stress_charge"])
         else:
             out[f"es_{c}"] = st.es[:, 0]
-            es_cols.append(st.es[:, 0])
             charges.append(st.es[:, 0])
-    if es_cols:
-        out["es"] = np.max(np.vstack(es_cols), axis=0)
+    es_run = [out[f"es_{c}"] for c in comps if c != "stress"]
+    out["es"] = np.max(np.vstack(es_run), axis=0) if es_run else nan
     C = np.vstack(charges)  # [components, P]
     top = C.max(axis=0)
     base = np.maximum(top, 0.0)
@@ -412,70 +321,58 @@ def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "accoun
     out["base_component"] = np.where(top > 0.0, np.asarray(comps, dtype=object)[C.argmax(axis=0)], "none")
 
     # liquidity add-on and floor: positions only (collateral rows are the last C instruments)
-    n_book = len(ctx["book"].instruments)
-    U = ctx["n_underlyings"]
+    n_book = len(ctx.book.instruments)
+    U = ctx.n_underlyings
     row_port = np.repeat(np.arange(P, dtype=np.int64), np.diff(ports.indptr))
     ins = ports.instrument_idx.astype(np.int64)
-    exposure = ports.quantity * ctx["delta"][ins] * (ins < n_book)  # [nnz] USD per unit relative move
-    col = ctx["und_code"][ins]
+    exposure = ports.quantity * ctx.delta[ins] * (ins < n_book)  # [nnz] USD per unit relative move
+    col = ctx.und_code[ins]
     D = np.bincount(row_port * U + col, weights=exposure, minlength=P * U).reshape(P, U)
-    coeff = params.liquidity_coefficient * ctx["liq_sigma"] / np.sqrt(ctx["liq_adv"])  # [U]; 0 for stablecoins
+    coeff = params.liquidity_coefficient * ctx.liq_sigma / np.sqrt(ctx.liq_adv)  # [U]; 0 for stablecoins
     absD = np.abs(D)
     liquidity = (coeff[None, :] * absD * np.sqrt(absD)).sum(axis=1)
     floor = params.floor_gross_rate * np.bincount(row_port, weights=np.abs(exposure), minlength=P)
-    apc = ctx["apc"]["buffer_rate"] * base
+    apc = ctx.apc["buffer_rate"] * base
     im = np.maximum(base + apc + liquidity, floor)
     out.update(apc_buffer=apc, liquidity_addon=liquidity, floor=floor, im=im, mm=params.mm_factor * im)
     return out
 
 
-def _measure_columns(r: dict, q: str, comps) -> dict:
-    """The component columns of a margin table, in a fixed order."""
-    cols = {"worst": r["worst"]}
-    if "es" in r:
-        cols[f"es_{q}"] = r["es"]
-    for c in comps:
-        if c == "stress":
-            cols["stress_worst"] = r["stress_worst"]
-            cols["stress_charge"] = r["stress_charge"]
-        else:
-            cols[f"es_{q}_{c}"] = r[f"es_{c}"]
+def _measure_columns(r: dict, q: str) -> dict:
+    """The component columns of a margin table, in a fixed order whatever components ran (NaN if absent)."""
+    cols = {"worst": r["worst"], f"es_{q}": r["es"]}
+    for c in ES_COMPONENTS:
+        cols[f"es_{q}_{c}"] = r[f"es_{c}"]
+    cols["stress_worst"] = r["stress_worst"]
+    cols["stress_charge"] = r["stress_charge"]
     cols["base"] = r["base"]
     cols["base_component"] = r["base_component"]
+    cols["apc_buffer"] = r["apc_buffer"]
+    cols["liquidity_addon"] = r["liquidity_addon"]
+    cols["floor"] = r["floor"]
     return cols
 
 
+def coverage(plan: Plan) -> pd.DataFrame:
+    """Every account of the book, cross-venue (``venue`` = ``ALL``); ``venue_margin`` is standalone detail."""
+    return pd.DataFrame({"account_id": np.asarray(plan.context.book.accounts, dtype=object), "venue": ALL_VENUES})
+
+
 def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
-    """Tables ``margin`` (per account), ``calls`` and ``venue_margin`` (account×venue standalone); summary."""
-    ctx = plan.context
-    params: Params = ctx["params"]
-    book: Book = ctx["book"]
-    comps = ctx["components"]
+    """Tables ``margin`` (per account, venue ``ALL``), ``calls`` and ``venue_margin`` (account×venue
+    standalone), all USD, with the standard columns; summary."""
+    ctx: Context = plan.context
+    params, book, comps = ctx.params, ctx.book, ctx.components
     q = level_name(params.confidence)
     r = requirement(plan, stats, "account")
-    eq, raw = _coll.equity(book, ctx["collateral"], params.collateral, "account")
-    status, amount = _calls.classify(r["im"], r["mm"], eq, params.calls)
+    eq, raw = _coll.equity(book, ctx.collateral, params.collateral, "account")
     A = book.n_accounts
-    margin = pd.DataFrame(
-        {
-            "account_id": np.asarray(book.accounts, dtype=object),
-            "model": NAME,
-            "currency": "USD",
-            "im": r["im"],
-            "mm": r["mm"],
-            "equity": eq,
-            "excess": eq - r["im"],
-            "status": status,
-            "call_amount": amount,
-            "cross_margin_benefit": np.zeros(A),
-            "standalone_im": r["im"].copy(),
-            **_measure_columns(r, q, comps),
-            "apc_buffer": r["apc_buffer"],
-            "liquidity_addon": r["liquidity_addon"],
-            "floor": r["floor"],
-            "collateral_value": raw,
-        }
-    )
+    margin = standard_frame(book.accounts, ALL_VENUES, NAME, "USD", r["im"], r["mm"], eq, call_params=params.calls)
+    margin["cross_margin_benefit"] = np.zeros(A)
+    margin["standalone_im"] = r["im"].copy()
+    for k, v in _measure_columns(r, q).items():
+        margin[k] = v
+    margin["collateral_value"] = raw
     tables = {"margin": margin}
     legs = {c: plan.legs[f"account/{c}"].scenarios for c in comps}
     summary = {
@@ -483,9 +380,10 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "accounts": int(A),
         "currency": "USD",
         "confidence": params.confidence,
+        "components": list(comps),
         "horizon_days": {c: float(s.horizon_days) for c, s in legs.items()},
-        "history_date": str(ctx["history_date"].date()),
-        "history_lag_days": int(ctx["history_lag_days"]),
+        "history_date": str(ctx.history_date.date()),
+        "history_lag_days": int(ctx.history_lag_days),
         "stress_factor": params.stress_factor,
         "total_im": float(r["im"].sum()),
         "total_mm": float(r["mm"].sum()),
@@ -495,56 +393,49 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "total_apc_buffer": float(r["apc_buffer"].sum()),
         "accounts_at_floor": int(np.sum((r["floor"] > 0) & (r["im"] == r["floor"]))),
         "base_component": {k: int(np.sum(r["base_component"] == k)) for k in list(comps) + ["none"]},
-        "calls": _calls.status_counts(status),
-        "total_call_amount": float(amount.sum()),
-        "apc": ctx["apc"],
-        "liquidity_fallback_underlyings": ctx["liq_fallback"],
+        "calls": _calls.status_counts(margin["status"]),
+        "total_call_amount": float(margin["call_amount_usd"].sum()),
+        "apc": ctx.apc,
+        "liquidity_fallback_underlyings": list(ctx.liq_fallback),
         "scenarios": {c: {k: v for k, v in s.describe().items() if k != "metadata"} for c, s in legs.items()},
     }
-    if "account_venue" in ctx["groupings"]:
+    if "account_venue" in ctx.groupings:
         rv = requirement(plan, stats, "account_venue")
         vports = plan.legs[f"account_venue/{comps[0]}"].portfolios
-        veq, vraw = _coll.equity(book, ctx["collateral"], params.collateral, "account_venue")
+        veq, vraw = _coll.equity(book, ctx.collateral, params.collateral, "account_venue")
         acct = vports.account_idx.astype(np.int64)
         standalone = np.bincount(acct, weights=rv["im"], minlength=A)
         margin["standalone_im"] = standalone
         margin["cross_margin_benefit"] = standalone - r["im"]
-        venue = pd.DataFrame(
-            {
-                "account_id": np.asarray(vports.key["account_id"], dtype=object),
-                "venue": np.asarray(vports.key["venue"], dtype=object),
-                "model": NAME,
-                "currency": "USD",
-                "im": rv["im"],
-                "mm": rv["mm"],
-                "equity": veq,
-                "excess": veq - rv["im"],
-                **_measure_columns(rv, q, comps),
-                "apc_buffer": rv["apc_buffer"],
-                "liquidity_addon": rv["liquidity_addon"],
-                "floor": rv["floor"],
-                "collateral_value": vraw,
-            }
-        )
+        venue = standard_frame(vports.key["account_id"], vports.key["venue"], NAME, "USD", rv["im"], rv["mm"], veq,
+                               call_params=params.calls)
+        for k, v in _measure_columns(rv, q).items():
+            venue[k] = v
+        venue["collateral_value"] = vraw
         tables["venue_margin"] = venue
         by_venue = venue.groupby("venue", sort=True)["im"].sum()
         summary["im_by_venue_standalone"] = {str(k): float(v) for k, v in by_venue.items()}
         summary["total_standalone_im"] = float(standalone.sum())
         summary["cross_margin_benefit"] = float((standalone - r["im"]).sum())
     tables["calls"] = _calls.calls_table(margin)
-    return MarginResult(NAME, tables, summary)
+    usd = {c: "USD" for c in ["cross_margin_benefit", "standalone_im", "worst", f"es_{q}", "stress_worst",
+                              "stress_charge", "base", "apc_buffer", "liquidity_addon", "floor", "collateral_value"]
+           + [f"es_{q}_{c}" for c in ES_COMPONENTS]}
+    units = {"margin": usd, "venue_margin": {k: v for k, v in usd.items() if k not in ("cross_margin_benefit",
+                                                                                       "standalone_im")},
+             "calls": {"call_amount_usd": "USD", "im_usd": "USD", "mm_usd": "USD", "equity_usd": "USD"}}
+    return MarginResult(NAME, tables, summary, units)
 
 
 __all__ = [
+    "NAME",
     "Params",
+    "Context",
     "load_params",
     "plan",
     "finalize",
-    "default_components",
-    "default_scenarios",
+    "coverage",
     "scenario_components",
-    "history_date",
-    "history_lag_days",
     "apc_state",
     "delta_notional",
     "requirement",

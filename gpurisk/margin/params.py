@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..fileio import read_toml
 
 
 def _convert(value, tp, where: str, src: str):
@@ -108,14 +108,43 @@ def load(cls, path: str | Path | None):
     if path is None:
         return cls()
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: parameter file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    data = read_toml(p, "parameter file")
     return build(cls, data, str(p))
 
 
-__all__ = ["build", "load", "override"]
+def _plain(x):
+    """A dataclass / dict / tuple as TOML-like data (tables, arrays, scalars)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _overlay(base, over):
+    """``over`` merged into ``base``: tables merge key by key, everything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _overlay(base[k], v) if k in base else v
+        return out
+    return over
+
+
+def load_overlay(cls, path):
+    """``cls()`` overlaid with the TOML file at ``path`` (None → the defaults).
+
+    Tables merge with the defaults key by key, so ``[pairs.ETH] price_range = 0.2``
+    changes only that value and keeps the other pairs; unknown keys and wrong types
+    raise ConfigError naming the file and the key (``build``).
+    """
+    if path is None:
+        return cls()
+    p = Path(path)
+    data = read_toml(p, "parameter file")
+    return build(cls, _overlay(_plain(cls()), data), str(p))
+
+
+__all__ = ["build", "load", "load_overlay", "override"]
