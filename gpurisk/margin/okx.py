@@ -4,20 +4,23 @@ Per risk unit (all perpetuals, futures, options and spot of one underlying at th
 OKX-methodology venues, whatever their settlement):
 
 - MR1 spot shock: worst loss over the spot grid (0, ±m1, ±m2, ±m3 by asset class;
-  2025-01-06 parameters) × vol {up, same, down} (term-scaled relative shocks [U]).
+  2025-01-06 parameters) × vol {up, same, down} (term-scaled relative shocks [U]). Linear
+  delta-one positions (``index_shocked_kinds``) move by the shock times the underlying's
+  index price, not their own mark (perpetuals: derived from OKX's position-builder example).
 - MR2 time decay: loss of the unit after ``mr2_horizon_days`` at unchanged price and vol [U].
 - MR6 extreme move: loss at ±extreme (by asset class) counted at ``mr6_factor`` = 50 %.
-- MR4 basis: Σ|USD notional of futures|·annualised basis move·T [U: exact formula unpublished].
+- MR4 basis: Σ over ``mr4_kinds`` of |cash delta at the mark| · max(min move, annualised
+  move · T); perpetuals (T = 0) pay the min move (derived from the example; the max form is [U]).
 - MR3 vega term structure, MR5 interest rate, MR9 stablecoin: ``rate``·gross USD notional
   of the relevant instruments, all default 0 (approximations; see docs/methodologies.md (section 3)).
-- MR7 minimum charge: raw = rate·gross USD notional (delta-one and options) [U], scaled
-  by tiers: the amount inside tier k counts ``multiplier_k`` times.
+- MR7 minimum charge: raw = Σ|cash delta of perpetuals and futures|·class rate (derived from
+  the example) + ``mr7_rate_option``·gross option notional [U], scaled by tiers: the amount
+  inside tier k counts ``multiplier_k`` times.
 - MMR = max{max(MR1, MR2, MR6) + MR4 + MR3 + MR5 + MR9, MR7}; IMR = ``imr_factor``·MMR (1.3).
 
-The ``margin`` table holds one row per risk unit (``level = "risk_unit"``) and one per
-account × venue (``level = "account"``: the sum over its risk units, with equity and excess).
-``im``/``mm``/``im_usd``/``mm_usd`` are set on account rows only (NaN on risk-unit rows), so
-summing a column over the table counts every account once.
+The ``margin`` table holds one row per account × venue (the standard columns, USD: IM =
+IMR and MM = MMR summed over the account's risk units, equity = holdings at the venue) with
+the summed MR terms; ``risk_units`` holds the MR terms of every risk unit.
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..backends import MeasureSpec, TailStats
-from ..book import FUTURE, OPTION, PERPETUAL, SPOT, Book
-from ..pricing import VOL_MODE_CODES, VolTerm, pricing_inputs
+from ..book import FUTURE, KIND_CODES, OPTION, PERPETUAL, SPOT, Book
+from ..errors import GpuriskError
+from ..pricing import VOL_MODE_CODES, PricingInputs, VolTerm, pricing_inputs
 from ..scenarios import ScenarioSet
-from .plan import Leg, MarginResult, Plan
-from .venue import (check_market, covered_pairs, group_portfolios, holdings_usd, load_params_file, row_of_entries,
-                    venue_positions)
+from ..tail import MeasureSpec, TailStats
+from .params import load_overlay
+from .plan import Leg, MarginResult, Plan, standard_frame
+from .replica import check_market, covered_pairs, group_portfolios, holdings_usd, row_of_entries, venue_positions
 
-MODEL = "okx"
+NAME = MODEL = "okx"
 OTHERS = "others"
 
 
@@ -61,6 +65,12 @@ class Params:
     Classes: ``mr1_members`` names the MR1 grid classes, ``risk_members`` the MR6/MR4/MR7
     classes; an underlying in neither list is ``others``. Moves are relative (0.04 = 4 %).
     vol_up / vol_down: relative vol shocks at ``vega_ref_days`` scaled by (ref/DTE)^power [U].
+    index_shocked_kinds: instrument kinds whose MR1/MR6 P&L is the shock × the index price
+    (linear ones; inverse P&L in USD does not depend on the base).
+    mr4_rates: annualised basis move (× T in years); mr4_min_moves: the least basis move of a
+    position (all a perpetual pays); both × |cash delta| (USD, at the mark) of ``mr4_kinds``.
+    mr7_rates: raw minimum charge per USD of |cash delta| of perpetuals and futures;
+    mr7_rate_option: per USD of gross option notional.
     mr7_tier_bounds: USD upper bounds of the raw-charge tiers; mr7_multipliers: one more
     entry than the bounds (the last applies above the last bound).
     """
@@ -78,12 +88,16 @@ class Params:
     risk_members: dict[str, tuple[str, ...]] = field(default_factory=_risk_classes)
     mr6_moves: dict[str, float] = field(default_factory=lambda: {"btc_eth": 0.24, "mid_caps": 0.36, OTHERS: 0.50})
     mr6_factor: float = 0.5
+    index_shocked_kinds: tuple[str, ...] = ("perpetual", "future", "spot")
     mr4_rates: dict[str, float] = field(default_factory=lambda: {"btc_eth": 0.05, "mid_caps": 0.15, OTHERS: 0.30})
+    mr4_min_moves: dict[str, float] = field(default_factory=lambda: {"btc_eth": 0.002, "mid_caps": 0.008,
+                                                                     OTHERS: 0.01})
+    mr4_kinds: tuple[str, ...] = ("perpetual", "future")
     mr2_horizon_days: float = 1.0
     mr3_rate: float = 0.0
     mr5_rate: float = 0.0
     mr9_rate: float = 0.0
-    mr7_rate_delta_one: float = 0.002
+    mr7_rates: dict[str, float] = field(default_factory=lambda: {"btc_eth": 0.0045, "mid_caps": 0.007, OTHERS: 0.01})
     mr7_rate_option: float = 0.002
     mr7_tier_bounds: tuple[float, ...] = (250_000.0, 500_000.0, 1_000_000.0, 2_000_000.0, 3_000_000.0, 4_000_000.0)
     mr7_multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
@@ -94,9 +108,18 @@ class Params:
             raise ValueError("mr7_multipliers needs one entry more than mr7_tier_bounds")
         if any(b <= a for a, b in zip(self.mr7_tier_bounds, self.mr7_tier_bounds[1:])):
             raise ValueError("mr7_tier_bounds must increase")
-        for name in ("mr1_moves", "mr6_moves", "mr4_rates"):
+        for name in ("mr1_moves", "mr6_moves", "mr4_rates", "mr4_min_moves", "mr7_rates"):
             if OTHERS not in getattr(self, name):
                 raise ValueError(f"{name} needs an entry for {OTHERS!r}")
+        for name in ("mr4_rates", "mr4_min_moves", "mr7_rates"):
+            bad = sorted(k for k, v in getattr(self, name).items() if not v >= 0.0)
+            if bad:
+                raise ValueError(f"{name} must not be negative (classes {', '.join(bad)})")
+        delta_one = tuple(k for k in KIND_CODES if KIND_CODES[k] != OPTION)
+        for name in ("index_shocked_kinds", "mr4_kinds"):
+            bad = [k for k in getattr(self, name) if k not in delta_one]
+            if bad:
+                raise ValueError(f"{name}: {', '.join(map(repr, bad))} is not one of {', '.join(delta_one)}")
 
     @staticmethod
     def _class_of(members: dict[str, tuple[str, ...]], underlying: str) -> str:
@@ -113,9 +136,20 @@ class Params:
         cls = self._class_of(self.risk_members, underlying)
         return self.mr6_moves.get(cls, self.mr6_moves[OTHERS])
 
+    def _risk_value(self, table: dict[str, float], underlying: str) -> float:
+        return table.get(self._class_of(self.risk_members, underlying), table[OTHERS])
+
     def basis_rate(self, underlying: str) -> float:
-        cls = self._class_of(self.risk_members, underlying)
-        return self.mr4_rates.get(cls, self.mr4_rates[OTHERS])
+        """MR4 annualised basis move of ``underlying`` (× T in years)."""
+        return self._risk_value(self.mr4_rates, underlying)
+
+    def basis_min_move(self, underlying: str) -> float:
+        """MR4 least basis move of one position of ``underlying`` (a perpetual's whole charge)."""
+        return self._risk_value(self.mr4_min_moves, underlying)
+
+    def min_charge_rate(self, underlying: str) -> float:
+        """MR7 raw charge per USD of |cash delta| of a perpetual or future on ``underlying``."""
+        return self._risk_value(self.mr7_rates, underlying)
 
     def vol_term(self) -> VolTerm:
         return VolTerm(ref_days=self.vega_ref_days, power_short=self.short_term_vega_power,
@@ -124,7 +158,7 @@ class Params:
 
 def load_params(path: str | None) -> Params:
     """Params from a TOML file (``jobs/params/okx.toml``); None gives the defaults."""
-    return load_params_file(Params, path)
+    return load_overlay(Params, path)
 
 
 def tiered(raw: np.ndarray, bounds, multipliers) -> np.ndarray:
@@ -185,11 +219,43 @@ def mr2_scenarios(underlying: str, params: Params) -> ScenarioSet:
 # plan and finalize
 
 
+def _index_price(book: Book, underlying: str) -> float:
+    """The underlying's index price in USD; GpuriskError when the book has no usable one."""
+    mkt = book.market
+    try:
+        px = float(mkt.index_price[mkt.index_of(np.asarray([underlying]))[0]])
+    except KeyError:
+        px = float("nan")
+    if not (np.isfinite(px) and px > 0.0):
+        raise GpuriskError(f"{MODEL}: underlying {underlying} has no usable index price (MR1/MR6 shock the index)")
+    return px
+
+
+def _on_index(pi: PricingInputs, book: Book, underlying: str, kinds) -> PricingInputs:
+    """``pi`` [I] with the forward of every instrument whose kind is in ``kinds`` set to the
+    underlying's index price (USD): its scenario P&L becomes the shock × the index, not × its mark."""
+    on = np.isin(pi.kind, [KIND_CODES[k] for k in kinds]) & (pi.kind != OPTION)
+    if not on.any():
+        return pi
+    return dataclasses.replace(pi, forward=np.where(on, _index_price(book, underlying), pi.forward))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What ``finalize`` needs: the book, the parameters and one entry per (venue, underlying) group."""
+
+    book: Book
+    params: Params
+    groups: list
+
+
 def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None = None) -> Plan:
     """Legs per underlying at the OKX-methodology venues: MR1 grid, MR6 extreme moves, MR2 decay.
 
-    ``scenarios`` is ignored: the venue's grids are part of the methodology.
+    The venue's grids are the methodology: a caller's ``scenarios`` are refused.
     """
+    if scenarios is not None:
+        raise GpuriskError("okx: the OKX replica uses its own scenario grids and cannot take a scenario set")
     params = params or Params()
     ins = book.instruments
     sel = venue_positions(book, params.venues)
@@ -201,7 +267,8 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
                                                             "underlying": ins.underlying[pos_ins]}):
         v, u = labels["venue"], labels["underlying"]
         check_market(book, inst, MODEL)
-        pi = dataclasses.replace(pi_all.take(inst), underlying_idx=np.zeros(len(inst), dtype=np.int32))
+        at_mark = dataclasses.replace(pi_all.take(inst), underlying_idx=np.zeros(len(inst), dtype=np.int32))
+        pi = _on_index(at_mark, book, u, params.index_shocked_kinds)  # MR1/MR2/MR6 pricing
         tag = f"{v}.{u}"
         names = {"mr1": f"{tag}/mr1", "mr6": f"{tag}/mr6"}
         legs[names["mr1"]] = Leg(names["mr1"], pi, mr1_scenarios(u, params), "usd", ports, MeasureSpec())
@@ -210,11 +277,15 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
         if params.mr2_horizon_days > 0.0:
             names["mr2"] = f"{tag}/mr2"
             legs[names["mr2"]] = Leg(names["mr2"], pi, mr2_scenarios(u, params), "usd", ports, MeasureSpec())
-        notional = np.abs(pi.contract_size * pi.forward)  # USD per contract (inverse: cs is USD)
-        notional = np.where((pi.settlement == 1) & (pi.kind != OPTION), pi.contract_size, notional)
-        groups.append(dict(venue=v, underlying=u, legs=names, notional=notional, kind=pi.kind.copy(),
-                           ttm=pi.ttm.copy(), linear=(pi.settlement == 0), basis_rate=params.basis_rate(u)))
-    return Plan(model=MODEL, legs=legs, context={"book": book, "params": params, "groups": groups})
+        # USD per contract at the mark: the cash delta of delta-one (inverse: cs is USD), the
+        # underlying notional of an option
+        notional = np.abs(at_mark.contract_size * at_mark.forward)
+        notional = np.where((at_mark.settlement == 1) & (at_mark.kind != OPTION), at_mark.contract_size, notional)
+        groups.append(dict(venue=v, underlying=u, legs=names, notional=notional, kind=at_mark.kind.copy(),
+                           ttm=np.where(at_mark.kind == FUTURE, np.nan_to_num(at_mark.ttm), 0.0),
+                           linear=(at_mark.settlement == 0), basis_rate=params.basis_rate(u),
+                           basis_min_move=params.basis_min_move(u), min_charge_rate=params.min_charge_rate(u)))
+    return Plan(model=MODEL, legs=legs, context=Context(book, params, groups))
 
 
 def _unit_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], params: Params) -> pd.DataFrame:
@@ -226,20 +297,21 @@ def _unit_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], para
     mr2 = np.maximum(stats[g["legs"]["mr2"]].worst, 0.0) if "mr2" in g["legs"] else np.zeros(n)
     r = row_of_entries(ports)
     ii = ports.instrument_idx
-    gross = np.abs(ports.quantity) * g["notional"][ii]  # [nnz] USD
+    gross = np.abs(ports.quantity) * g["notional"][ii]  # [nnz] USD at the mark (delta-one: |cash delta|)
     kind = g["kind"][ii]
-    is_fut = kind == FUTURE
     is_opt = kind == OPTION
-    is_d1 = np.isin(kind, (FUTURE, PERPETUAL, SPOT))
+    is_deriv_d1 = np.isin(kind, (FUTURE, PERPETUAL))
+    pays_basis = np.isin(kind, [KIND_CODES[k] for k in params.mr4_kinds])
 
     def per_unit(w):
         return np.bincount(r, weights=w, minlength=n)
 
-    mr4 = per_unit(np.where(is_fut, gross * g["basis_rate"] * g["ttm"][ii], 0.0))
+    basis_move = np.maximum(g["basis_min_move"], g["basis_rate"] * g["ttm"][ii])  # [nnz] fraction
+    mr4 = per_unit(np.where(pays_basis, gross * basis_move, 0.0))
     mr3 = params.mr3_rate * per_unit(np.where(is_opt, gross, 0.0))
     mr5 = params.mr5_rate * per_unit(np.where(is_opt, gross, 0.0))
     mr9 = params.mr9_rate * per_unit(np.where(g["linear"][ii] & (kind != SPOT), gross, 0.0))
-    mr7_raw = per_unit(np.where(is_d1, gross * params.mr7_rate_delta_one, 0.0)
+    mr7_raw = per_unit(np.where(is_deriv_d1, gross * g["min_charge_rate"], 0.0)
                        + np.where(is_opt, gross * params.mr7_rate_option, 0.0))
     mr7 = tiered(mr7_raw, params.mr7_tier_bounds, params.mr7_multipliers)
     mmr = np.maximum(np.maximum(np.maximum(mr1, mr2), mr6) + mr4 + mr3 + mr5 + mr9, mr7)
@@ -264,51 +336,44 @@ def _equity_usd(book: Book, rows: pd.DataFrame, venues) -> np.ndarray:
 def coverage(plan: Plan) -> pd.DataFrame:
     """The (account_id, venue) pairs the ``margin`` table must hold: every account with a
     non-zero position at one of the model's venues (the batch layer checks the output)."""
-    return covered_pairs(plan.context["book"], plan.context["params"].venues)
+    return covered_pairs(plan.context.book, plan.context.params.venues)
+
+
+MR_COLUMNS = ("mr1", "mr2", "mr3", "mr4", "mr5", "mr6", "mr7_raw", "mr7", "mr9", "mmr", "imr")
 
 
 def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
-    """``margin``: risk-unit rows and account rows (level column), all in USD."""
-    params: Params = plan.context["params"]
-    book: Book = plan.context["book"]
-    mr_cols = ["mr1", "mr2", "mr3", "mr4", "mr5", "mr6", "mr7_raw", "mr7", "mr9", "mmr", "imr"]
-    cols = ["account_id", "model", "venue", "level", "risk_unit", "currency", *mr_cols, "im", "mm", "im_usd", "mm_usd",
-            "equity", "excess"]
-    parts = [_unit_table(g, plan.legs, stats, params) for g in plan.context["groups"]]
+    """``margin``: one row per account × venue in USD (IM = IMR, MM = MMR summed over its risk units, equity
+    the holdings at the venue); ``risk_units``: the MR terms of every (account, venue, underlying) unit."""
+    ctx: Context = plan.context
+    params, book = ctx.params, ctx.book
+    mr_cols = list(MR_COLUMNS)
+    unit_cols = ["account_id", "venue", "risk_unit", *mr_cols]
+    units = {"margin": {c: "USD" for c in mr_cols}, "risk_units": {c: "USD" for c in mr_cols}}
+    parts = [_unit_table(g, plan.legs, stats, params) for g in ctx.groups]
     if not parts:
-        return MarginResult(MODEL, {"margin": pd.DataFrame(columns=cols)},
-                            {"model": MODEL, "n_rows": 0, "accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0})
-    units = pd.concat(parts, ignore_index=True)
-    units["level"] = "risk_unit"
-    acct = units.groupby(["account_idx", "account_id", "venue"], sort=True, as_index=False)[mr_cols].sum()
-    acct["level"] = "account"
-    acct["risk_unit"] = "ALL"
-    acct["equity"] = _equity_usd(book, acct, params.venues)
-    acct["excess"] = acct["equity"] - acct["imr"]
-    units["equity"] = np.nan
-    units["excess"] = np.nan
-    margin = pd.concat([units, acct], ignore_index=True)
-    margin["model"] = MODEL
-    margin["currency"] = "USD"
-    # im/mm (and their USD twins) only on account rows, so a sum over the table counts each
-    # account once; risk-unit rows keep their own figures in imr/mmr
-    acct_rows = margin["level"] == "account"
-    for col, src in (("im", "imr"), ("mm", "mmr"), ("im_usd", "imr"), ("mm_usd", "mmr")):
-        margin[col] = margin[src].where(acct_rows)
-    margin["_lvl"] = (margin["level"] == "account").astype(int)
-    margin = margin.sort_values(["account_id", "venue", "_lvl", "risk_unit"], kind="stable")[cols].reset_index(drop=True)
-    a = margin[margin["level"] == "account"]
+        empty = standard_frame([], [], MODEL, "USD", [], [], []).assign(**{c: [] for c in mr_cols})
+        return MarginResult(MODEL, {"margin": empty, "risk_units": pd.DataFrame(columns=unit_cols)},
+                            {"model": MODEL, "n_rows": 0, "accounts": 0, "im_usd_total": 0.0, "mm_usd_total": 0.0},
+                            units)
+    unit_table = pd.concat(parts, ignore_index=True)
+    acct = unit_table.groupby(["account_idx", "account_id", "venue"], sort=True, as_index=False)[mr_cols].sum()
+    margin = standard_frame(acct["account_id"], acct["venue"], MODEL, "USD", acct["imr"], acct["mmr"],
+                            _equity_usd(book, acct, params.venues))
+    for c in mr_cols:
+        margin[c] = acct[c].to_numpy()
+    risk_units = unit_table.sort_values(["account_id", "venue", "risk_unit"], kind="stable")[unit_cols]
     summary = {
         "model": MODEL,
         "venues": list(params.venues),
         "n_rows": int(len(margin)),
-        "n_risk_units": int((margin["level"] == "risk_unit").sum()),
-        "accounts": int(a["account_id"].nunique()),
-        "im_usd_total": float(a["im_usd"].sum()),
-        "mm_usd_total": float(a["mm_usd"].sum()),
+        "n_risk_units": int(len(risk_units)),
+        "accounts": int(margin["account_id"].nunique()),
+        "im_usd_total": float(margin["im_usd"].sum()),
+        "mm_usd_total": float(margin["mm_usd"].sum()),
     }
-    return MarginResult(MODEL, {"margin": margin}, summary)
+    return MarginResult(MODEL, {"margin": margin, "risk_units": risk_units.reset_index(drop=True)}, summary, units)
 
 
-__all__ = ["Params", "load_params", "plan", "finalize", "coverage", "tiered", "mr1_scenarios", "mr6_scenarios",
+__all__ = ["NAME", "Context", "MR_COLUMNS", "Params", "load_params", "plan", "finalize", "coverage", "tiered", "mr1_scenarios", "mr6_scenarios",
            "mr2_scenarios"]
