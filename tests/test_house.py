@@ -447,7 +447,7 @@ def test_house_on_generated_10k_book(generated_10k):
     assert sum(s["calls"].values()) == 10_000
     assert len(c) == 10_000 - s["calls"]["ok"]
     assert c["status"].value_counts().to_dict() == {k: v for k, v in s["calls"].items() if k != "ok" and v}
-    assert (c["call_amount"] > 0).all() and (m.loc[m["status"] == "ok", "equity"] >= m.loc[m["status"] == "ok", "im"]).all()
+    assert (c["call_amount_usd"] > 0).all() and (m.loc[m["status"] == "ok", "equity"] >= m.loc[m["status"] == "ok", "im"]).all()
     assert s["backend"] in ("cpu", "reference") and s["gpu_fallbacks"] == 0
     # the base is the largest component term, and the binding counts add up
     terms = np.vstack([m["es_99_historical"], m["es_99_montecarlo"], 0.33 * m["stress_worst"]])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..book import Book
+from dataclasses import replace
+
+from ..book import Book, Portfolios
 from ..errors import ScenarioError
 from ..pricing import PricingInputs, pricing_inputs
 from ..scenarios import ScenarioSet
@@ -28,4 +30,17 @@ def book_pricing(book: Book, scenarios: ScenarioSet) -> tuple[PricingInputs, Sce
     return pricing_inputs(book, idx), sset
 
 
-__all__ = ["map_scenarios", "book_pricing"]
+def compact(n_rows: int, portfolios: dict[str, Portfolios]) -> tuple[np.ndarray, dict[str, Portfolios]]:
+    """(kept rows [K] sorted, portfolios re-indexed onto them) for instrument rows [n_rows] of which only
+    those some portfolio holds are kept, so P [K, S] is sized to what is held, not to every instrument
+    the book lists. The kept rows keep their order."""
+    used = np.zeros(n_rows, dtype=bool)
+    for p in portfolios.values():
+        used[p.instrument_idx] = True
+    keep = np.flatnonzero(used)
+    remap = np.full(n_rows, -1, dtype=np.int32)
+    remap[keep] = np.arange(len(keep), dtype=np.int32)
+    return keep, {k: replace(p, instrument_idx=remap[p.instrument_idx]) for k, p in portfolios.items()}
+
+
+__all__ = ["map_scenarios", "book_pricing", "compact"]

@@ -49,7 +49,7 @@ from ..tail import TailStats, check_levels, level_name, spec_for
 from . import calls as _calls
 from . import collateral as _coll
 from . import params as _params
-from .common import map_scenarios
+from .common import compact, map_scenarios
 from .components import (COMPONENTS, ES_COMPONENTS, USER, ComponentParams, caller_components, default_components,
                          history_date, history_lag_days)
 from .plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
@@ -219,8 +219,9 @@ def scenario_components(book: Book, params: Params, scenarios=None) -> dict[str,
 class Context:
     """What ``requirement`` and ``finalize`` need, fixed when the plan is made.
 
-    delta [I + C] USD per unit relative move per contract (positions, then collateral rows);
-    und_code [I + C] underlying column of each; liq_sigma, liq_adv [U] per underlying.
+    The legs' instrument rows are the K held instruments then the C collateral assets (``common.compact``):
+    delta [K + C] USD per unit relative move per contract; und_code [K + C] underlying column of each;
+    n_positions = K; liq_sigma, liq_adv [U] per underlying.
     """
 
     params: Params
@@ -233,6 +234,7 @@ class Context:
     apc: dict
     delta: np.ndarray
     und_code: np.ndarray
+    n_positions: int
     n_underlyings: int
     liq_sigma: np.ndarray
     liq_adv: np.ndarray
@@ -257,26 +259,31 @@ def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
     coll = _coll.collateral_instruments(book)
     n_ins = len(book.instruments)
     groupings = GROUPINGS if params.cross_venue else GROUPINGS[:1]
-    ports = {g: _coll.portfolios_with_collateral(book, coll, g) for g in groupings}
+    # rows [held instruments, then collateral]: P is sized to what the portfolios hold
+    keep, ports = compact(n_ins + len(coll), {g: _coll.portfolios_with_collateral(book, coll, g) for g in groupings})
+    keep_ins = keep[keep < n_ins]
     legs = {}
     for name, comp in comps.items():  # at most four components
         idx, sset = map_scenarios(book, comp, coll.assets)
-        pi = PricingInputs.concat([pricing_inputs(book, idx[:n_ins]), coll.pricing(idx[n_ins:])])
+        pi = PricingInputs.concat([pricing_inputs(book, idx[:n_ins]), coll.pricing(idx[n_ins:])]).take(keep)
         spec = spec_for(sset, (params.confidence,), params.profit_factor)
         for g in groupings:
             legs[f"{g}/{name}"] = Leg(f"{g}/{name}", pi, sset, "usd", ports[g], spec)
-    # liquidity inputs over the book's own underlyings, whatever the scenario sets cover
-    names = np.concatenate([np.asarray(book.instruments.underlying, dtype=object).astype(str),
-                            np.asarray(coll.assets, dtype=object).astype(str)])
+    # liquidity inputs over the held underlyings, whatever the scenario sets cover
+    names = np.concatenate([np.asarray(book.instruments.underlying[keep_ins], dtype=object).astype(str),
+                            np.asarray(coll.assets, dtype=object).astype(str)])  # [K + C], as the rows
     code, und = pd.factorize(pd.Series(names, dtype=object), sort=True)
-    pi0 = PricingInputs.concat([pricing_inputs(book, code[:n_ins]), coll.pricing(code[n_ins:])])
+    k = len(keep_ins)
+    pi0 = PricingInputs.concat([pricing_inputs(book, np.zeros(n_ins, np.int32)).take(keep_ins),
+                                coll.pricing(np.zeros(len(coll), np.int32))])
+    pi0 = replace(pi0, underlying_idx=code.astype(np.int32))
     sig, adv, fb = liquidity_inputs(list(und), date, params)
-    held = set(map(str, book.instruments.underlying))
+    held = set(map(str, book.instruments.underlying[keep_ins]))
     ctx = Context(
         params=params, book=book, collateral=coll, components=tuple(comps), groupings=tuple(groupings),
         history_date=date, history_lag_days=lag, apc=apc_state(date, params),
         delta=delta_notional(pi0, next(iter(comps.values())).term), und_code=code.astype(np.int64),
-        n_underlyings=len(und), liq_sigma=sig, liq_adv=adv,
+        n_positions=k, n_underlyings=len(und), liq_sigma=sig, liq_adv=adv,
         # only position underlyings count: collateral is not in the add-on's delta
         liq_fallback=tuple(str(u) for u, f in zip(und, fb) if f and u in held),
     )
@@ -321,7 +328,7 @@ def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "accoun
     out["base_component"] = np.where(top > 0.0, np.asarray(comps, dtype=object)[C.argmax(axis=0)], "none")
 
     # liquidity add-on and floor: positions only (collateral rows are the last C instruments)
-    n_book = len(ctx.book.instruments)
+    n_book = ctx.n_positions
     U = ctx.n_underlyings
     row_port = np.repeat(np.arange(P, dtype=np.int64), np.diff(ports.indptr))
     ins = ports.instrument_idx.astype(np.int64)

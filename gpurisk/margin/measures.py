@@ -29,7 +29,7 @@ from ..tail import TailStats, check_levels, level_name, spec_for, stats_frame
 from . import calls as _calls
 from . import collateral as _coll
 from . import params as _params
-from .common import book_pricing, map_scenarios
+from .common import book_pricing, compact, map_scenarios
 from .components import ComponentParams, default_components
 from .plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
 
@@ -94,6 +94,8 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
     else:
         pi, sset = book_pricing(book, scenarios)
         ports = book.portfolios("account")
+    keep, ports = compact(len(pi), {"account": ports})  # P sized to the held instruments
+    pi, ports = pi.take(keep), ports["account"]
     spec = spec_for(sset, params.levels, params.profit_factor)
     leg = Leg("account", pi, sset, "usd", ports, spec)
     return Plan(NAME, {"account": leg}, Context(params, book))
