@@ -130,3 +130,19 @@ def test_failed_post_is_logged_not_raised(tmp_path, caplog):
     assert out[0]["delivered"] is False
     assert "alert webhook" in caplog.text
     assert json.loads((tmp_path / "alerts.jsonl").read_text())["alert"] == "job_failure"
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_metrics_and_alert_files_honour_the_umask(tmp_path, mask, mode):
+    """A node_exporter running as another user must be able to read metrics.prom (0644 under umask 022)."""
+    import stat
+
+    from test_fileio import umask
+
+    run, latest = tmp_path / "run", tmp_path / "gpurisk_intraday.prom"
+    with umask(mask):
+        monitoring.write_metrics(REPORT, run, latest)
+        monitoring.write_metrics(REPORT, run, latest)  # a rewrite replaces the file: the mode is set afresh
+        monitoring.raise_alerts([{"alert": "x", "message": "m"}], tmp_path, AlertConfig())
+    for p in (run / "metrics.prom", latest, tmp_path / "alerts.jsonl"):
+        assert stat.S_IMODE(p.stat().st_mode) == mode, p

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import TailStats
-from . import atomic
+from ..fileio import check_name, path_name, write_bytes
 
 #: work units per task aimed at by ``auto`` (≈ 0.5 s of reference-backend time)
 TARGET_WORK = 4.0e8
@@ -66,8 +66,13 @@ def plan_chunks(indptr: np.ndarray, n_scenarios: int, chunk_size: int | str = "a
 
 
 def checkpoint_path(folder: Path, model: str, leg: str, start: int, stop: int) -> Path:
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
-    return Path(folder) / safe(model) / safe(leg) / f"{start:09d}-{stop:09d}.npz"
+    """``folder/<model label>/<leg as a path name>/<start>-<stop>.npz``.
+
+    The label is a checked name (``fileio.check_name``); a leg name is free text built from
+    book data (``deribit/deribit.BTC.BTC/standard``), so it is mapped with ``fileio.path_name``:
+    readable, deterministic, and two legs never share a checkpoint folder.
+    """
+    return Path(folder) / check_name(model, "model label") / path_name(leg) / f"{start:09d}-{stop:09d}.npz"
 
 
 def save_chunk(path: Path, stats: TailStats, meta: dict) -> Path:
@@ -83,7 +88,7 @@ def save_chunk(path: Path, stats: TailStats, meta: dict) -> Path:
         es=stats.es,
         meta=np.array(json.dumps(meta, sort_keys=True)),
     )
-    return atomic.write_bytes(path, buf.getvalue())
+    return write_bytes(buf.getvalue(), path)
 
 
 def load_chunk(path: Path) -> tuple[TailStats, dict] | None:

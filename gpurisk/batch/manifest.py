@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from .. import __version__
-from . import atomic
+from ..fileio import sha256_file, write_json
 
 MANIFEST = "manifest.json"
 
@@ -55,7 +55,7 @@ def hash_inputs(files: dict[str, Path], extra: dict) -> tuple[dict[str, str], st
     ``files`` maps a role (``book/positions.parquet``, ``job``, ``house/params``) to a path;
     ``extra`` is JSON-able data that also changes results (backend, inline params).
     """
-    hashes = {role: atomic.sha256_file(p) for role, p in sorted(files.items())}
+    hashes = {role: sha256_file(p) for role, p in sorted(files.items())}
     blob = json.dumps({"files": hashes, "extra": extra}, sort_keys=True, default=str).encode()
     return hashes, hashlib.sha256(blob).hexdigest()
 
@@ -71,4 +71,4 @@ def read_manifest(run_dir: Path) -> dict | None:
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
-    return atomic.write_json(Path(run_dir) / MANIFEST, manifest)
+    return write_json(manifest, Path(run_dir) / MANIFEST)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import AlertConfig
-from . import atomic
+from ..fileio import append_line, write_text
 
 log = logging.getLogger("gpurisk.batch")
 
@@ -104,8 +104,8 @@ def write_metrics(report: dict, run_dir: Path | None, latest: Path) -> str:
     """Write ``metrics.prom`` into the run folder (if any) and the job's ``latest`` file; returns the text."""
     text = exposition(run_metrics(report))
     if run_dir is not None:
-        atomic.write_text(Path(run_dir) / "metrics.prom", text)
-    atomic.write_text(Path(latest), text)
+        write_text(text, Path(run_dir) / "metrics.prom")
+    write_text(text, Path(latest))
     return text
 
 
@@ -179,7 +179,7 @@ def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> bool:
 def raise_alerts(alerts: list[dict], out_dir: Path, cfg: AlertConfig) -> list[dict]:
     """Append each alert to ``out_dir/alerts.jsonl``, log it and POST it to the webhook if configured."""
     for a in alerts:
-        atomic.append_line(Path(out_dir) / "alerts.jsonl", json.dumps(a, sort_keys=True, default=str))
+        append_line(json.dumps(a, sort_keys=True, default=str), Path(out_dir) / "alerts.jsonl")
         log.warning("ALERT %s: %s", a["alert"], a["message"])
         if cfg.webhook_url:
             a["delivered"] = post_webhook(cfg.webhook_url, a, cfg.webhook_timeout_s)

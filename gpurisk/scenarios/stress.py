@@ -36,7 +36,6 @@ Users add their own with ``stress_from_definition(dict)`` / ``stress_from_toml(p
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import pandas as pd
 
 from ..book import STABLECOINS
 from ..errors import ScenarioError
+from ..fileio import read_toml
 from ..marketdata import COINS, daily_closes, dvol
 from ..pricing import VOL_ABSOLUTE, VOL_MODE_CODES, VOL_RELATIVE
 from .scenario_set import ScenarioSet
@@ -341,12 +341,7 @@ def stress_from_definition(defn: dict, underlyings=None, where: str = "stress de
 def read_stress_definition(path) -> dict:
     """The parsed TOML stress definition at ``path`` (a dict with a ``scenario`` list)."""
     path = Path(path)
-    try:
-        defn = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ScenarioError(f"{path}: stress definition not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    defn = read_toml(path, "stress definition", ScenarioError)
     defn.setdefault("source", f"user-defined stress from {path.name}")
     return defn
 
