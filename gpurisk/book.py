@@ -20,6 +20,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from .errors import ValidationError
+from .schema import REQUIRED_COLUMNS, TABLES, VALUE_CHARS, reject_message
+
 SPOT, FUTURE, PERPETUAL, OPTION = 0, 1, 2, 3
 LINEAR, INVERSE = 0, 1
 CALL, PUT, NO_OPTION = 1, -1, 0
@@ -183,8 +186,8 @@ def _lookup(keys: np.ndarray, values: pd.Series) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    vals = pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
-    pos = pc.index_in(vals, value_set=pa.array(np.asarray(keys).astype(str), type=pa.string()))
+    vals = pa.array(pd.Series(values).astype("str"), type=pa.string())
+    pos = pc.index_in(vals, value_set=pa.array(pd.Series(np.asarray(keys, dtype=object)).astype("str"), type=pa.string()))
     return pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -246,63 +249,212 @@ class Book:
         positions: pd.DataFrame,
         balances: pd.DataFrame,
     ) -> "Book":
-        """Build a book from *clean* tables (see ``gpurisk.validate``); columns as in docs/data-format.md.
+        """Build a book from validated tables (``gpurisk.validate``); columns as in docs/data-format.md.
 
-        Positions with the same (account, instrument) are netted. Vectorised: no
-        per-row Python work, so 10 M positions load in seconds.
+        Takes the clean tables of ``gpurisk.validate`` (or equally clean frames built in
+        Python) and checks them cheaply, vectorised: a cell that would give a wrong or
+        NaN figure raises ``ValidationError`` with one line naming the table, the row
+        (1-based position in the frame passed) and the column: missing or repeated ids,
+        unknown codes, a non-finite or non-positive contract size, strike, mark, vol or
+        index price, a missing or unreadable expiry of a future or option, an instrument
+        without a market row or an index price, a position on an unknown instrument, a
+        non-finite quantity or amount. It does not apply the policy checks of
+        ``gpurisk.validate`` (notional bound, mark/index band, vol cap, expiry after
+        ``as_of``) and does not need an index row for a balance's asset (the margin
+        models check the assets they price).
+
+        Rows with the same (account, instrument) are netted into one position, and
+        balance rows with the same (account, venue, asset) into one balance (the merge
+        policy of docs/data-format.md). Vectorised: 10 M positions load in seconds.
         """
         as_of = to_utc_seconds(as_of)
+        tabs = {"instruments": instruments, "market": market, "index": index, "positions": positions,
+                "balances": balances}
+        for name in TABLES:
+            missing = [c for c in REQUIRED_COLUMNS[name] if c not in tabs[name].columns]
+            if missing:
+                raise ValidationError(f"Book.from_frames: table {name!r} lacks column(s) {', '.join(missing)}")
         ins = instruments.reset_index(drop=True)
-        ids = ins["instrument_id"].astype(str).to_numpy(dtype=object)
-        expiry = pd.to_datetime(ins["expiry"], utc=True, errors="coerce")
-        expiry = expiry.dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
-        opt = ins["option_type"].astype("string").str.lower().fillna("")
+        mkt = market.reset_index(drop=True)
+        idx_tab = index.reset_index(drop=True)
+        pos_tab = positions.reset_index(drop=True)
+        bal_tab = balances.reset_index(drop=True)
+
+        # instruments
+        ids = _ids("instruments", ins, "instrument_id", unique_reason="duplicate_instrument").to_numpy(dtype=object)
+        kind = _codes("instruments", ins, "kind", KIND_CODES, "unknown_kind")
+        settle = _codes("instruments", ins, "settlement", SETTLEMENT_CODES, "unknown_settlement")
+        is_opt = kind == OPTION
+        is_dated = is_opt | (kind == FUTURE)
+        cs = _numbers("instruments", ins, "contract_size", positive=True)
+        expiry = _expiry("instruments", ins, is_dated)
+        # option fields are read on options only (validation rejects them elsewhere; here they are ignored)
+        sel = np.flatnonzero(is_opt)
+        otype = np.zeros(len(ins), dtype=np.int8)
+        otype[sel] = _codes("instruments", ins.iloc[sel], "option_type", OPTION_TYPE_CODES, "bad_option_type", rows=sel)
+        strike = np.full(len(ins), np.nan)
+        strike[sel] = _numbers("instruments", ins.iloc[sel], "strike", positive=True, rows=sel)
+        underlying = _ids("instruments", ins, "underlying").to_numpy(dtype=object)
+
+        # index: one row per underlying
+        und = _ids("index", idx_tab, "underlying", unique_reason="duplicate_underlying").to_numpy(dtype=object)
+        price = _numbers("index", idx_tab, "price", positive=True)
+        _fail("instruments", ins, _lookup(und, underlying) < 0, "underlying", "unknown_underlying")
+        order = np.argsort(und, kind="stable")
+
+        # market: one row per instrument, aligned to instrument order
+        m_ids = _ids("market", mkt, "instrument_id", unique_reason="duplicate_market_row")
+        _fail("market", mkt, _lookup(ids, m_ids) < 0, "instrument_id", "unknown_instrument")
+        m_row = _lookup(m_ids.to_numpy(dtype=object), ids)
+        _fail("instruments", ins, m_row < 0, "instrument_id", "missing_market_row")
+        up = _numbers("market", mkt, "underlying_price", positive=True)[m_row]
+        vol = np.full(len(ins), np.nan)
+        vol[sel] = _numbers("market", mkt.iloc[m_row[sel]], "implied_vol", positive=True, rows=m_row[sel],
+                            zero_reason="option_without_vol")
         instr = Instruments(
             instrument_id=ids,
-            venue=ins["venue"].astype(str).to_numpy(dtype=object),
-            underlying=ins["underlying"].astype(str).to_numpy(dtype=object),
-            kind=ins["kind"].str.lower().map(KIND_CODES).to_numpy(dtype=np.int8),
-            settlement=ins["settlement"].str.lower().map(SETTLEMENT_CODES).to_numpy(dtype=np.int8),
-            contract_size=ins["contract_size"].to_numpy(dtype=np.float64),
+            venue=_ids("instruments", ins, "venue").to_numpy(dtype=object),
+            underlying=underlying,
+            kind=kind,
+            settlement=settle,
+            contract_size=cs,
             expiry=expiry,
-            strike=pd.to_numeric(ins["strike"], errors="coerce").to_numpy(dtype=np.float64),
-            option_type=opt.map({"call": CALL, "put": PUT}).fillna(0).to_numpy(dtype=np.int8),
+            strike=strike,
+            option_type=otype,
         )
-        # market: one row per instrument, aligned to instrument order
-        mk = market.drop_duplicates("instrument_id", keep="last").set_index("instrument_id")
-        mk = mk.reindex(ids)
-        idx_tab = index.drop_duplicates("underlying", keep="last").sort_values("underlying")
         snap = MarketSnapshot(
             as_of=as_of,
-            underlyings=idx_tab["underlying"].astype(str).to_numpy(dtype=object),
-            index_price=idx_tab["price"].to_numpy(dtype=np.float64),
-            underlying_price=mk["underlying_price"].to_numpy(dtype=np.float64),
-            implied_vol=pd.to_numeric(mk.get("implied_vol", pd.Series(np.nan, index=mk.index)), errors="coerce")
-            .to_numpy(dtype=np.float64),
+            underlyings=und[order],
+            index_price=price[order],
+            underlying_price=up,
+            implied_vol=vol,
         )
+
+        # positions and balances
+        p_acct_txt = _ids("positions", pos_tab, "account_id")
+        p_ins = _lookup(ids, _ids("positions", pos_tab, "instrument_id"))
+        _fail("positions", pos_tab, p_ins < 0, "instrument_id", "unknown_instrument")
+        qty = _numbers("positions", pos_tab, "quantity")
+        b_acct_txt = _ids("balances", bal_tab, "account_id")
+        b_venue = _ids("balances", bal_tab, "venue")
+        b_asset = _ids("balances", bal_tab, "asset")
+        amount = _numbers("balances", bal_tab, "amount")
+
         # accounts over positions and balances: one sorted factorisation of both columns
-        n_pos = len(positions)
-        acct_all = pd.concat([positions["account_id"].astype(str), balances["account_id"].astype(str)], ignore_index=True)
-        acct_codes, accounts = pd.factorize(acct_all, sort=True)
+        n_pos = len(pos_tab)
+        acct_codes, accounts = pd.factorize(pd.concat([p_acct_txt, b_acct_txt], ignore_index=True), sort=True)
         accounts = np.asarray(accounts, dtype=object)
         p_acct = acct_codes[:n_pos].astype(np.int64)
-        p_ins = _lookup(ids, positions["instrument_id"])
-        if (p_ins < 0).any():
-            raise KeyError("positions reference instruments not in the instruments table; validate the book first")
-        qty = positions["quantity"].to_numpy(dtype=np.float64)
         # net duplicates (account, instrument)
-        pair = p_acct * len(ids) + p_ins
+        n_ins = max(len(ids), 1)
+        pair = p_acct * n_ins + p_ins
         pair_u, inv = np.unique(pair, return_inverse=True)
-        q_net = np.bincount(inv, weights=qty, minlength=len(pair_u))
         pos = Positions(
-            account_idx=(pair_u // len(ids)).astype(np.int32),
-            instrument_idx=(pair_u % len(ids)).astype(np.int32),
-            quantity=q_net,
+            account_idx=(pair_u // n_ins).astype(np.int32),
+            instrument_idx=(pair_u % n_ins).astype(np.int32),
+            quantity=np.bincount(inv.reshape(-1), weights=qty, minlength=len(pair_u)).astype(np.float64),
         )
+        # net duplicates (account, venue, asset)
+        v_codes, venues = pd.factorize(b_venue, sort=True)
+        a_codes, assets = pd.factorize(b_asset, sort=True)
+        n_v, n_a = max(len(venues), 1), max(len(assets), 1)
+        bkey = (acct_codes[n_pos:].astype(np.int64) * n_v + v_codes) * n_a + a_codes
+        bkey_u, binv = np.unique(bkey, return_inverse=True)
         bal = Balances(
-            account_idx=acct_codes[n_pos:].astype(np.int32),
-            venue=balances["venue"].astype(str).to_numpy(dtype=object),
-            asset=balances["asset"].astype(str).to_numpy(dtype=object),
-            amount=balances["amount"].to_numpy(dtype=np.float64),
+            account_idx=(bkey_u // (n_v * n_a)).astype(np.int32),
+            venue=np.asarray(venues, dtype=object)[(bkey_u // n_a) % n_v] if len(bkey_u) else np.empty(0, object),
+            asset=np.asarray(assets, dtype=object)[bkey_u % n_a] if len(bkey_u) else np.empty(0, object),
+            amount=np.bincount(binv.reshape(-1), weights=amount, minlength=len(bkey_u)).astype(np.float64),
         )
         return Book(as_of=as_of, accounts=accounts, instruments=instr, market=snap, positions=pos, balances=bal)
+
+
+# ----------------------------------------------------------------------------- from_frames checks
+
+
+def _cell(df: pd.DataFrame, column: str, i: int) -> str:
+    """Cell ``i`` of ``column`` as plain text (empty for a null), as a reject's ``value`` shows it."""
+    v = df[column].iloc[i]
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, np.generic):
+        v = v.item()
+    return str(v)[:VALUE_CHARS]
+
+
+def _fail(table: str, df: pd.DataFrame, mask, column: str, reason: str, rows=None) -> None:
+    """Raise ``ValidationError`` naming the first row where ``mask`` holds (``rows`` maps to frame rows)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return
+    i = int(np.argmax(mask))
+    row = int(rows[i]) if rows is not None else i
+    msg = reject_message(table, row + 1, column, reason, _cell(df, column, i))
+    raise ValidationError(f"{msg}; Book.from_frames takes validated tables (see gpurisk.validate)")
+
+
+def _text(df: pd.DataFrame, column: str):
+    """(text [n] pandas str Series, missing [n] bool): the column as text; null or empty text is missing."""
+    s = df[column].reset_index(drop=True)
+    miss = s.isna().to_numpy(dtype=bool)
+    txt = s if isinstance(s.dtype, pd.StringDtype) else s.astype("str")
+    if isinstance(s.dtype, pd.StringDtype) or s.dtype == object:
+        miss = miss | (txt.str.len() == 0).to_numpy(dtype=bool, na_value=True)
+    return txt, miss
+
+
+def _ids(table: str, df: pd.DataFrame, column: str, unique_reason: str | None = None) -> pd.Series:
+    """[n] identifiers as a pandas str Series; a missing one (or, with ``unique_reason``, a repeated one) raises."""
+    txt, miss = _text(df, column)
+    _fail(table, df, miss, column, "missing_value")
+    if unique_reason is not None:
+        _fail(table, df, txt.duplicated(keep="first").to_numpy(dtype=bool), column, unique_reason)
+    return txt
+
+
+def _codes(table, df, column, codes: dict, reason: str, rows=None) -> np.ndarray:
+    """[n] int8 codes of a case-insensitive code column; an empty or unknown code raises."""
+    txt, miss = _text(df, column)
+    _fail(table, df, miss, column, "missing_value", rows)
+    mapped = txt.str.strip().str.lower().map(codes)
+    _fail(table, df, mapped.isna().to_numpy(), column, reason, rows)
+    return mapped.to_numpy(dtype=np.int8)
+
+
+def _numbers(table, df, column, positive=False, rows=None, zero_reason="non_positive") -> np.ndarray:
+    """[n] float64 of a number column; missing, unparsable, non-finite (or with ``positive``, <= 0) raises."""
+    s = df[column]
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        txt = s.astype("string").str.strip()
+        miss = txt.isna().to_numpy(dtype=bool) | (txt.str.len() == 0).fillna(True).to_numpy(dtype=bool)
+        _fail(table, df, miss, column, "missing_value", rows)
+        vals = pd.to_numeric(txt, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        nan_text = txt.str.lower().isin(["nan", "+nan", "-nan"]).to_numpy(dtype=bool)
+        _fail(table, df, np.isnan(vals) & ~nan_text, column, "wrong_type", rows)
+    _fail(table, df, ~np.isfinite(vals), column, "non_finite", rows)
+    if positive:
+        _fail(table, df, vals <= 0, column, zero_reason, rows)
+    return vals
+
+
+def _expiry(table, df, is_dated: np.ndarray) -> np.ndarray:
+    """[n] datetime64[s] naive UTC; NaT where the kind has no expiry. A dated kind needs a readable one."""
+    s = df["expiry"]
+    out = np.full(len(df), np.datetime64("NaT"), dtype="datetime64[s]")
+    if not is_dated.any():
+        return out
+    sel = np.flatnonzero(is_dated)
+    sub = df.iloc[sel]
+    _, miss = _text(sub, "expiry")
+    _fail(table, sub, miss, "expiry", "missing_value", sel)
+    col = sub["expiry"]
+    if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(col.dtype):
+        parsed = pd.to_datetime(col, utc=True)
+    else:
+        parsed = pd.to_datetime(col.astype("string").str.strip(), utc=True, errors="coerce", format="ISO8601")
+    vals = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
+    _fail(table, sub, np.isnat(vals), "expiry", "wrong_type", sel)
+    out[sel] = vals
+    return out

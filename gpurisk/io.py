@@ -1,4 +1,4 @@
-"""Book folder reader and the atomic writers everyone uses.
+"""Book folder reader and the book writer.
 
 A book is a folder of tables (``NAME.parquet`` or ``NAME.csv``, exactly one per
 table) plus ``book.toml``; see docs/data-format.md. Structural faults (missing or
@@ -6,17 +6,15 @@ unreadable file, missing column, empty table, bad ``book.toml``) raise
 ``BookError`` with one line naming the file; row-level faults are left to
 ``gpurisk.validate`` and come back as rejects.
 
-Every writer writes a temporary file in the destination folder and moves it into
-place with ``os.replace``, so a reader never sees a half-written file.
+The file writers are ``gpurisk.fileio``'s atomic ones (temp file + ``os.replace``,
+mode honouring the umask), re-exported here: ``write_parquet``, ``write_csv``,
+``write_json``, ``write_text``; ``write_book`` writes a whole book folder with them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,28 +26,9 @@ import pyarrow.parquet as pq
 
 from .book import Book, to_utc_seconds
 from .errors import BookError
-
-#: the tables of a book, in the order they are validated and reported
-TABLES = ("instruments", "market", "index", "positions", "balances")
-
-#: required columns per table (extra columns are allowed and carried along)
-REQUIRED_COLUMNS = {
-    "instruments": (
-        "instrument_id",
-        "venue",
-        "underlying",
-        "kind",
-        "settlement",
-        "contract_size",
-        "expiry",
-        "strike",
-        "option_type",
-    ),
-    "market": ("instrument_id", "underlying_price", "implied_vol"),
-    "index": ("underlying", "price"),
-    "positions": ("account_id", "instrument_id", "quantity"),
-    "balances": ("account_id", "venue", "asset", "amount"),
-}
+from .fileio import read_toml, write_csv, write_json, write_parquet, write_text  # noqa: F401 - writers re-exported
+from .schema import REQUIRED_COLUMNS, TABLES  # noqa: F401 - the table schema, re-exported
+from .validate import DEFAULT_MARK_BAND, DEFAULT_MAX_NOTIONAL_USD, validate
 
 FORMATS = ("parquet", "csv")
 BOOK_TOML = "book.toml"
@@ -177,15 +156,7 @@ def read_table(path, name: str | None = None) -> pd.DataFrame:
 def read_book_toml(book_dir) -> dict:
     """``book.toml`` as a dict with ``as_of`` normalised to naive-UTC ``datetime64[s]``."""
     path = Path(book_dir) / BOOK_TOML
-    if not path.is_file():
-        raise BookError(f"{path}: missing (a book needs book.toml with as_of)")
-    try:
-        with open(path, "rb") as fh:
-            meta = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BookError(f"{path}: bad TOML: {_first_line(exc)}") from None
-    except OSError as exc:
-        raise BookError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    meta = read_toml(path, "book metadata file", BookError)
     if "as_of" not in meta:
         raise BookError(f"{path}: missing key as_of (UTC, ISO-8601)")
     meta["as_of"] = parse_as_of(meta["as_of"], where=str(path))
@@ -229,16 +200,24 @@ class LoadedBook:
     meta: dict
 
 
-def load_book(path, strict: bool = False) -> LoadedBook:
+def load_book(
+    path,
+    strict: bool = False,
+    *,
+    max_notional_usd: float | None = DEFAULT_MAX_NOTIONAL_USD,
+    mark_band: float | None = DEFAULT_MARK_BAND,
+) -> LoadedBook:
     """Read, validate and build the book in folder ``path``.
 
     Structural faults raise ``BookError``; bad rows become rejects (or, with
     ``strict``, raise ``ValidationError`` naming the first one).
+    ``max_notional_usd`` (default 1e12 USD) and ``mark_band`` (default 3: a mark
+    between index / 3 and index × 3) are the plausibility checks of
+    ``gpurisk.validate.validate``; ``None`` or ``inf`` turns one off.
     """
-    from .validate import validate
-
     tables, meta = read_tables(path)
-    clean, rejects, summary = validate(tables, meta["as_of"], strict=strict)
+    clean, rejects, summary = validate(tables, meta["as_of"], strict=strict, max_notional_usd=max_notional_usd,
+                                       mark_band=mark_band)
     book = Book.from_frames(meta["as_of"], **clean)
     summary = dict(summary)
     summary["book"] = {
@@ -252,98 +231,6 @@ def load_book(path, strict: bool = False) -> LoadedBook:
 
 
 # ----------------------------------------------------------------------------- writers
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, then ``os.replace`` it into place.
-
-    A file-system failure (the folder is a file, no permission, disk full) is a BookError
-    naming the path, not a traceback; the temp file is removed.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise BookError(f"{path}: cannot write here ({exc.strerror or exc})") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise BookError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-    return path
-
-
-def write_parquet(df: pd.DataFrame, path) -> Path:
-    """Write ``df`` (no index) as Parquet, atomically; equal input gives byte-identical files.
-
-    The pandas schema metadata is kept (it holds no time stamps) so dtypes round-trip.
-    """
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    return _atomic_write(
-        path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
-    )
-
-
-def write_csv(df: pd.DataFrame, path) -> Path:
-    """Write ``df`` (no index) as UTF-8 CSV with a header row, atomically; NaN/None as empty cells.
-
-    Time-zone-aware columns are written as ISO-8601 UTC (``2025-01-03T08:00:00Z``).
-    """
-    tz_cols = [c for c in df.columns if isinstance(df[c].dtype, pd.DatetimeTZDtype)]
-    if tz_cols:
-        df = df.copy(deep=False)
-        for c in tz_cols:
-            df[c] = df[c].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.datetime64, pd.Timestamp, _dt.datetime, _dt.date)):
-        return str(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_json(obj, path) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON (NumPy scalars allowed), atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=True) + "\n"
-    return write_text(text, path)
-
-
-def write_text(s: str, path) -> Path:
-    """Write the text ``s`` (UTF-8) to ``path`` atomically."""
-
-    def _w(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(s)
-
-    return _atomic_write(path, _w)
 
 
 def _toml_value(v) -> str:

@@ -9,56 +9,44 @@ accepted or rejected, and the summary says so per table
 ``row`` in the rejects is the 1-based data-row number in the file (the header is
 not counted: the first data row is row 1; for Parquet, the record's position + 1).
 
-Positions with the same (account_id, instrument_id) are netted (summed) into one
-position by ``Book.from_frames``; all of those rows count as accepted and the
-summary reports how many were merged (``positions.merged``).
+Duplicate keys are merged, not rejected, for the two tables that hold amounts:
+positions with the same (account_id, instrument_id) are netted (summed) into one
+position, and balances with the same (account_id, venue, asset) into one balance,
+by ``Book.from_frames``. All of those rows count as accepted; the summary says
+how many were merged (``positions.merged``, ``balances.merged``).
 
-The reason codes are in ``REASONS`` and documented in docs/data-format.md.
+Two plausibility checks are configurable: ``max_notional_usd`` (a position's or a
+balance's USD notional above it is ``implausible_notional``) and ``mark_band`` (a
+mark outside [index / band, index × band] is ``mark_off_index``).
+
+The reason codes are in ``REASONS`` (``gpurisk.schema``) and documented in
+docs/data-format.md.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .book import KIND_CODES, OPTION_TYPE_CODES, SETTLEMENT_CODES
+from .book import KIND_CODES, OPTION_TYPE_CODES, SETTLEMENT_CODES, to_utc_seconds
 from .errors import ValidationError
+from .schema import MERGE_KEYS, REASONS, REJECT_COLUMNS, REQUIRED_COLUMNS, TABLES, VALUE_CHARS
 
-#: reason code -> what it means (the message of a reject starts with this text)
-REASONS = {
-    "missing_value": "required value is empty",
-    "wrong_type": "value is not of the expected type",
-    "non_finite": "value is not finite",
-    "non_positive": "value must be > 0",
-    "zero_quantity": "quantity is zero",
-    "unknown_kind": "kind is not spot, future, perpetual or option",
-    "unknown_settlement": "settlement is not linear or inverse",
-    "bad_option_type": "option_type is not call or put",
-    "unexpected_value": "value must be empty for this kind",
-    "inverse_spot": "spot cannot be inverse-settled",
-    "bad_contract_size": "inverse option contract_size must be 1 coin",
-    "expired_instrument": "instrument expired at or before as_of",
-    "unknown_underlying": "underlying has no index price",
-    "duplicate_instrument": "instrument_id repeats an earlier row",
-    "missing_market_row": "instrument has no accepted market row",
-    "option_without_vol": "option needs implied_vol > 0",
-    "implausible_vol": "implied_vol above 5.0 (500 %); vols are decimals, 0.62 not 62",
-    "unknown_instrument": "instrument_id is not in the instruments table",
-    "rejected_instrument": "instrument_id refers to a rejected instrument",
-    "duplicate_market_row": "market row repeats an earlier row for the instrument",
-    "duplicate_underlying": "index row repeats an earlier row for the underlying",
-    "unknown_asset": "balance asset has no index price",
-}
 #: largest accepted option implied_vol (decimal): above it the vol was most likely given in percent
 MAX_IMPLIED_VOL = 5.0
+#: default bound on a position's or a balance's USD notional; above it the row is ``implausible_notional``
+DEFAULT_MAX_NOTIONAL_USD = 1e12
+#: default band of a mark around its underlying's index: accepted within [index / band, index × band]
+DEFAULT_MARK_BAND = 3.0
 
 _REASON_LIST = list(REASONS)
 _REASON_CODE = {r: i + 1 for i, r in enumerate(_REASON_LIST)}  # 0 = accepted
 
-REJECT_COLUMNS = ["table", "row", "column", "reason", "message", "value"]
-_TABLE_ORDER = ("instruments", "market", "index", "positions", "balances")
+_TABLE_ORDER = TABLES
 _NAN_TEXT = {"nan", "+nan", "-nan"}
 
 
@@ -210,7 +198,7 @@ class _Check:
         for ci in np.unique(self.col[rows]):
             sel = self.col[rows] == ci
             cells = self.df[self.columns[ci]].iloc[rows[sel]]
-            txt = _text(cells).fillna("").str.slice(0, 60)
+            txt = _text(cells).fillna("").str.slice(0, VALUE_CHARS)
             value[sel] = txt.to_numpy(dtype=object)
         out = pd.DataFrame(
             {
@@ -248,7 +236,36 @@ def _empty_rejects() -> pd.DataFrame:
 # ----------------------------------------------------------------------------- validate
 
 
-def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
+def plausibility_limits(max_notional_usd=DEFAULT_MAX_NOTIONAL_USD, mark_band=DEFAULT_MARK_BAND) -> dict:
+    """The two plausibility settings checked and normalised: ``{max_notional_usd, mark_band}``.
+
+    ``max_notional_usd`` must be > 0 (USD), ``mark_band`` >= 1; ``None`` or ``inf``
+    turns a check off (stored as ``None``). A bad value raises ``ValidationError``.
+    """
+    out = {}
+    for name, value, low, rule in (("max_notional_usd", max_notional_usd, 0.0, "> 0"),
+                                   ("mark_band", mark_band, 1.0, ">= 1")):
+        if value is None:
+            out[name] = None
+            continue
+        try:
+            v = float(value) if not isinstance(value, (bool, np.bool_)) else math.nan
+        except (TypeError, ValueError):
+            v = math.nan
+        if math.isnan(v) or v < low or (name == "max_notional_usd" and v == low):
+            raise ValidationError(f"{name} must be a number {rule} (or inf to turn the check off), got '{value}'")
+        out[name] = None if math.isinf(v) else v
+    return out
+
+
+def validate(
+    tables: dict[str, pd.DataFrame],
+    as_of,
+    strict: bool = False,
+    *,
+    max_notional_usd: float | None = DEFAULT_MAX_NOTIONAL_USD,
+    mark_band: float | None = DEFAULT_MARK_BAND,
+):
     """Check every row of a book's tables.
 
     ``tables``: DataFrames ``instruments, market, index, positions, balances``
@@ -256,12 +273,22 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     ``as_of``: the book's UTC time. Returns ``(clean_tables, rejects, summary)``:
     clean tables hold only accepted rows with typed columns (ready for
     ``Book.from_frames``); ``rejects`` has columns ``table, row, column, reason,
-    message, value``; ``summary[table] = {input, accepted, rejected}``.
+    message, value``; ``summary[table] = {input, accepted, rejected}`` (plus
+    ``merged`` and ``net_positions`` / ``net_balances`` for positions and balances)
+    and ``summary["limits"]`` the plausibility settings used.
     With ``strict``, the first bad row raises ``ValidationError``.
-    """
-    from .book import to_utc_seconds
-    from .io import REQUIRED_COLUMNS
 
+    Plausibility (keyword-only; ``None`` or ``inf`` turns a check off):
+    ``max_notional_usd`` (default 1e12): a position whose USD notional
+    |quantity| × contract_size × mark (|quantity| × contract_size for inverse
+    futures and perpetuals, whose contract_size is USD; options on the
+    underlying) or a balance whose |amount| × index price is above it is rejected
+    (``implausible_notional``). ``mark_band`` (default 3): a market row whose
+    ``underlying_price`` is outside [index / band, index × band] of its
+    underlying's index price is rejected (``mark_off_index``), and so cascades to
+    the instrument and its positions.
+    """
+    limits = plausibility_limits(max_notional_usd, mark_band)
     for name in _TABLE_ORDER:
         if name not in tables:
             raise ValidationError(f"table {name!r} missing from the tables to validate")
@@ -321,6 +348,9 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     ck_in.flag(~is_opt & strike_present, "strike", "unexpected_value")
     ins_und = _text(ins["underlying"])
     ck_in.flag(~ins_und.isin(index_names).to_numpy(dtype=bool) & ~_missing(ins["underlying"]), "underlying", "unknown_underlying")
+    ok_price = price[ck_ix.ok]
+    ins_ix = _lookup(ins_und, index_names.reset_index(drop=True))  # [I] row among the accepted index rows
+    ins_index = np.where(ins_ix >= 0, ok_price[np.maximum(ins_ix, 0)] if len(ok_price) else np.nan, np.nan)
 
     # ---- market
     mk = t["market"]
@@ -336,6 +366,13 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     ck_mk.flag((m_pos >= 0) & ~m_ok_ins, "instrument_id", "rejected_instrument")
     up, miss, wrong = _numeric(mk["underlying_price"])
     ck_mk.number("underlying_price", up, miss, wrong)
+    if limits["mark_band"] is not None:
+        band = limits["mark_band"]
+        m_index = np.full(len(mk), np.nan)
+        m_index[m_pos >= 0] = ins_index[m_pos[m_pos >= 0]]
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            off = np.isfinite(m_index) & ((up < m_index / band) | (up > m_index * band))
+        ck_mk.flag(off, "underlying_price", "mark_off_index")
     m_opt = np.zeros(len(mk), bool)
     m_opt[m_pos >= 0] = is_opt[m_pos[m_pos >= 0]]
     vol, vmiss, vwrong = _numeric(mk["implied_vol"])
@@ -365,6 +402,14 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     qty, miss, wrong = _numeric(ps["quantity"])
     ck_ps.number("quantity", qty, miss, wrong, positive=False)
     ck_ps.flag(qty == 0.0, "quantity", "zero_quantity")
+    if limits["max_notional_usd"] is not None:
+        mark = np.full(len(ins), np.nan)
+        mark[m_pos[ck_mk.ok]] = up[ck_mk.ok]
+        # USD per contract: contract_size is USD for inverse futures and perpetuals, else coins × the mark
+        usd_per_contract = np.where(is_inverse & ~is_opt, cs, cs * mark)
+        p_usd = np.where(p_pos >= 0, usd_per_contract[np.maximum(p_pos, 0)] if len(ins) else np.nan, np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ck_ps.flag(np.abs(qty) * p_usd > limits["max_notional_usd"], "quantity", "implausible_notional")
 
     # ---- balances
     bl = t["balances"]
@@ -374,6 +419,11 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     ck_bl.flag(~_text(bl["asset"]).isin(index_names).to_numpy(dtype=bool), "asset", "unknown_asset")
     amt, miss, wrong = _numeric(bl["amount"])
     ck_bl.number("amount", amt, miss, wrong, positive=False)
+    if limits["max_notional_usd"] is not None:
+        b_ix = _lookup(_text(bl["asset"]), index_names.reset_index(drop=True))
+        b_px = np.where(b_ix >= 0, ok_price[np.maximum(b_ix, 0)] if len(ok_price) else np.nan, np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ck_bl.flag(np.abs(amt) * b_px > limits["max_notional_usd"], "amount", "implausible_notional")
 
     checks = {"instruments": ck_in, "market": ck_mk, "index": ck_ix, "positions": ck_ps, "balances": ck_bl}
     parts = [checks[k].rejects() for k in _TABLE_ORDER]
@@ -429,12 +479,33 @@ def validate(tables: dict[str, pd.DataFrame], as_of, strict: bool = False):
     for k in _TABLE_ORDER:
         n, acc = checks[k].n, int(checks[k].ok.sum())
         summary[k] = {"input": int(n), "accepted": acc, "rejected": int(n - acc)}
-    acct_codes = pd.factorize(c_ps["account_id"])[0].astype(np.int64)
-    ins_codes = p_pos[ck_ps.ok].astype(np.int64)
-    pair = np.sort(acct_codes * max(len(ins), 1) + ins_codes)
-    n_net = int(np.count_nonzero(np.diff(pair)) + 1) if len(pair) else 0
-    summary["positions"]["merged"] = int(len(pair) - n_net)
-    summary["positions"]["net_positions"] = n_net
+    # merged rows (MERGE_KEYS); a position's instrument is keyed by its instruments row
+    merge_keys = {"positions": [c_ps["account_id"], p_pos[ck_ps.ok]],
+                  "balances": [c_bl[k] for k in MERGE_KEYS["balances"]]}
+    for name, net in (("positions", "net_positions"), ("balances", "net_balances")):
+        n_net = _n_distinct(merge_keys[name])
+        summary[name]["merged"] = int(summary[name]["accepted"] - n_net)
+        summary[name][net] = n_net
     summary["rejects_by_reason"] = {str(k): int(v) for k, v in rejects["reason"].value_counts().sort_index().items()}
     summary["total_rejected"] = int(len(rejects))
+    summary["limits"] = limits
     return clean, rejects, summary
+
+
+def _n_distinct(keys) -> int:
+    """The number of distinct key tuples over rows; ``keys`` are [n] columns (text, or int codes >= 0)."""
+    if len(keys[0]) == 0:
+        return 0
+    code, size = np.zeros(len(keys[0]), dtype=np.int64), 1
+    for k in keys:
+        if isinstance(k, np.ndarray) and k.dtype.kind in "iu":
+            c, m = k.astype(np.int64), int(k.max()) + 1
+        else:
+            c, u = pd.factorize(k, use_na_sentinel=False)
+            m = max(len(u), 1)
+        if size * m >= 2**62:  # keep the combined code in int64: renumber it densely first
+            code, uniq = pd.factorize(code)
+            size = len(uniq)
+        code = code.astype(np.int64) * m + c
+        size *= m
+    return int(len(pd.unique(code)))

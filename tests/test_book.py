@@ -128,3 +128,118 @@ def test_tiny_book_arrays_by_hand():
     pf = book.portfolios("account_settlement")
     assert list(zip(pf.key["account_id"], pf.key["currency"])) == [("A1", "BTC"), ("A2", "BTC"), ("A2", "USD"),
                                                                     ("A3", "USD")]
+
+
+# ----------------------------------------------------------------------------- from_frames checks its input
+
+
+def _clean_tiny():
+    from conftest import TINY_AS_OF, tiny_tables
+
+    clean, rejects, _ = validate(tiny_tables(), TINY_AS_OF)
+    assert rejects.empty
+    return TINY_AS_OF, clean
+
+
+# (table, 0-based row, column, bad value, reason): each would otherwise give a wrong or NaN figure
+FROM_FRAMES_FAULTS = [
+    ("positions", 1, "quantity", np.nan, "non_finite"),
+    ("positions", 0, "quantity", np.inf, "non_finite"),
+    ("positions", 2, "instrument_id", "NOPE", "unknown_instrument"),
+    ("positions", 3, "account_id", None, "missing_value"),
+    ("balances", 2, "amount", np.nan, "non_finite"),
+    ("balances", 0, "asset", None, "missing_value"),
+    ("market", 0, "underlying_price", np.nan, "non_finite"),
+    ("market", 3, "underlying_price", 0.0, "non_positive"),
+    ("market", 2, "implied_vol", np.nan, "non_finite"),
+    ("market", 4, "implied_vol", 0.0, "option_without_vol"),
+    ("index", 1, "price", -1.0, "non_positive"),
+    ("instruments", 0, "contract_size", 0.0, "non_positive"),
+    ("instruments", 1, "kind", "swap", "unknown_kind"),
+    ("instruments", 3, "settlement", "quanto", "unknown_settlement"),
+    ("instruments", 2, "strike", np.nan, "non_finite"),
+    ("instruments", 4, "option_type", "straddle", "bad_option_type"),
+    ("instruments", 4, "underlying", "DOGE", "unknown_underlying"),
+    ("instruments", 2, "instrument_id", "BTC-PERPETUAL", "duplicate_instrument"),
+]
+
+
+@pytest.mark.parametrize("table,row,column,value,reason", FROM_FRAMES_FAULTS)
+def test_from_frames_refuses_a_bad_cell_with_one_line(table, row, column, value, reason):
+    """The issue's case first: a NaN quantity used to give a silently wrong margin; now it names row and column."""
+    from gpurisk.errors import ValidationError
+
+    as_of, clean = _clean_tiny()
+    df = clean[table].copy()
+    if isinstance(value, str) or value is None:
+        df[column] = df[column].astype(object)
+    df.loc[row, column] = value
+    clean[table] = df
+    with pytest.raises(ValidationError) as exc:
+        Book.from_frames(as_of, **clean)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{table} row {row + 1}, column {column}: ") and f"({reason};" in msg, msg
+
+
+def test_from_frames_names_a_missing_market_row_and_a_missing_expiry():
+    from gpurisk.errors import ValidationError
+
+    as_of, clean = _clean_tiny()
+    clean["market"] = clean["market"].drop(index=4).reset_index(drop=True)
+    with pytest.raises(ValidationError, match=r"^instruments row 5, column instrument_id: .*missing_market_row"):
+        Book.from_frames(as_of, **clean)
+    as_of, clean = _clean_tiny()
+    clean["instruments"].loc[2, "expiry"] = pd.NaT  # the BTC option: priced as if expiring now
+    with pytest.raises(ValidationError, match=r"^instruments row 3, column expiry: .*missing_value"):
+        Book.from_frames(as_of, **clean)
+    as_of, clean = _clean_tiny()
+    clean["instruments"]["expiry"] = clean["instruments"]["expiry"].astype(object)
+    clean["instruments"].loc[1, "expiry"] = "next friday"
+    with pytest.raises(ValidationError, match=r"^instruments row 2, column expiry: .*wrong_type"):
+        Book.from_frames(as_of, **clean)
+    as_of, clean = _clean_tiny()
+    clean["positions"] = clean["positions"].drop(columns="quantity")
+    with pytest.raises(ValidationError, match="positions.*quantity"):
+        Book.from_frames(as_of, **clean)
+
+
+def test_from_frames_message_matches_validate():
+    """The same bad cell gives the same text from validate's rejects and from from_frames."""
+    from conftest import TINY_AS_OF, tiny_tables
+
+    from gpurisk.errors import ValidationError
+
+    t = tiny_tables()
+    t["positions"]["quantity"] = t["positions"]["quantity"].astype(float)
+    t["positions"].loc[1, "quantity"] = np.nan
+    _, rejects, _ = validate(t, TINY_AS_OF)
+    as_of, clean = _clean_tiny()
+    clean["positions"]["quantity"] = t["positions"]["quantity"]
+    with pytest.raises(ValidationError) as exc:
+        Book.from_frames(as_of, **clean)
+    assert str(exc.value).startswith(rejects["message"].iloc[0])
+
+
+def test_from_frames_accepts_raw_text_frames_like_validate():
+    """Text cells (as read from CSV) build the same book as the validated, typed tables."""
+    from conftest import TINY_AS_OF, tiny_tables
+
+    as_of, clean = _clean_tiny()
+    a = Book.from_frames(as_of, **clean)
+    b = Book.from_frames(TINY_AS_OF, **tiny_tables())
+    for f in ("instrument_id", "kind", "settlement", "contract_size", "expiry", "strike", "option_type"):
+        np.testing.assert_array_equal(getattr(a.instruments, f), getattr(b.instruments, f))
+    np.testing.assert_array_equal(a.market.underlying_price, b.market.underlying_price)
+    np.testing.assert_array_equal(a.market.implied_vol, b.market.implied_vol)
+    np.testing.assert_array_equal(a.positions.quantity, b.positions.quantity)
+    np.testing.assert_array_equal(a.balances.amount, b.balances.amount)
+
+
+def test_from_frames_with_no_positions_or_balances_keeps_float_columns():
+    as_of, clean = _clean_tiny()
+    clean["positions"] = clean["positions"].iloc[:0]
+    clean["balances"] = pd.DataFrame({"account_id": [], "venue": [], "asset": [], "amount": []})
+    book = Book.from_frames(as_of, **clean)
+    assert book.n_accounts == 0 and len(book.positions.quantity) == 0 and len(book.balances.amount) == 0
+    assert book.positions.quantity.dtype == np.float64 and book.balances.amount.dtype == np.float64

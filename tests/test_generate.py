@@ -175,11 +175,57 @@ def test_cli_generate_writes_a_valid_book(tmp_path, capsys):
     assert meta["seed"] == 2 and meta["n_accounts"] == 60 and meta["generator"].startswith("gpurisk.generate")
     lb = load_book(out, strict=True)
     assert lb.book.n_accounts == 60
-    # re-generating as parquet replaces the csv tables, so the folder stays unambiguous
+    # re-generating in the same format with --force replaces the book's files
     assert main(["generate", "--accounts", "60", "--seed", "2", "--out", str(out), "--as-of",
-                 "2024-06-01T08:00:00Z"]) == 0
-    assert not list(out.glob("*.csv"))
+                 "2024-06-01T08:00:00Z", "--format", "csv", "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{k}.csv" for k in TABLES] + ["book.toml"])
     assert load_book(out).summary["book"]["as_of"] == "2024-06-01T08:00:00Z"
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_cli_generate_refuses_a_non_empty_folder(tmp_path, capsys):
+    """The issue's case: generating into an existing book used to overwrite (and delete) its tables."""
+    out = tmp_path / "book"
+    assert main(["generate", "--accounts", "20", "--seed", "1", "--out", str(out), "--format", "csv"]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    capsys.readouterr()
+    rc = main(["generate", "--accounts", "30", "--seed", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "not empty" in err and "--force" in err and "Traceback" not in err
+    assert _snapshot(out) == before  # nothing written, nothing deleted
+    # --force in the other format: the csv tables would make the book ambiguous, and are not generate's to delete
+    rc = main(["generate", "--accounts", "30", "--seed", "2", "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "instruments.csv" in err and "never deletes" in err
+    assert _snapshot(out) == before
+    # --force in the same format replaces only the files it writes
+    assert main(["generate", "--accounts", "30", "--seed", "2", "--out", str(out), "--format", "csv", "--force"]) == 0
+    after = _snapshot(out)
+    assert sorted(after) == sorted(before) and after["notes.txt"] == b"mine"
+    assert after["positions.csv"] != before["positions.csv"]
+    assert load_book(out).book.n_accounts == 30
+
+
+def test_cli_generate_into_an_empty_or_new_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["generate", "--accounts", "5", "--seed", "1", "--out", str(empty)]) == 0
+    assert load_book(empty).book.n_accounts == 5
+    assert main(["generate", "--accounts", "5", "--seed", "1", "--out", str(tmp_path / "new")]) == 0
+
+
+@pytest.mark.parametrize("where,fragment", [("missing/book", "parent folder"), ("afile", "not a folder"),
+                                            ("afile/book", "not a folder")])
+def test_cli_generate_out_errors(tmp_path, capsys, where, fragment):
+    (tmp_path / "afile").write_text("x")
+    rc = main(["generate", "--accounts", "5", "--out", str(tmp_path / where)])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists() and (tmp_path / "afile").read_text() == "x"
 
 
 @pytest.mark.parametrize("argv,fragment", [

@@ -125,7 +125,7 @@ def _fault(book: Path, kind: str) -> str:
         return "book.toml"
     if kind == "bad_toml":
         (book / "book.toml").write_text("as_of = [unclosed\n")
-        return "bad TOML"
+        return "not valid TOML"
     if kind == "missing_as_of":
         (book / "book.toml").write_text('seed = 1\n')
         return "missing key as_of"
@@ -312,3 +312,106 @@ def test_documented_example_book_loads(tmp_path):
     ref = load_book(_tiny_dir(tmp_path)).book
     np.testing.assert_array_equal(lb.book.positions.quantity, ref.positions.quantity)
     np.testing.assert_array_equal(lb.book.instruments.instrument_id, ref.instruments.instrument_id)
+
+
+# ----------------------------------------------------------------------------- plausibility settings and --out
+
+
+def test_load_book_takes_the_plausibility_settings(tmp_path):
+    book = _tiny_dir(tmp_path)
+    df = pd.read_csv(book / "positions.csv", dtype=str)
+    df.loc[0, "quantity"] = "1e300"
+    df.to_csv(book / "positions.csv", index=False)
+    lb = load_book(book)
+    assert lb.rejects[["table", "row", "reason"]].values.tolist() == [["positions", 1, "implausible_notional"]]
+    assert np.isfinite(lb.book.positions.quantity).all() and np.abs(lb.book.positions.quantity).max() < 1e300
+    assert lb.summary["limits"] == {"max_notional_usd": 1e12, "mark_band": 3.0}
+    assert load_book(book, max_notional_usd=None).rejects.empty
+    # the BTC call's forward 97000 is 1.043 x its index 93000
+    tight = load_book(book, max_notional_usd=float("inf"), mark_band=1.01)
+    assert set(tight.rejects.loc[tight.rejects["table"] == "market", "reason"]) == {"mark_off_index"}
+
+
+def test_cli_validate_plausibility_flags(tmp_path, capsys):
+    book = _tiny_dir(tmp_path)
+    df = pd.read_csv(book / "market.csv", dtype=str)
+    df.loc[0, "underlying_price"] = "1e-300"  # the issue's perpetual marked far from its 93,000 index
+    df.to_csv(book / "market.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["validate", str(book), "--out", str(out)]) == 0
+    rej = pd.read_parquet(out / "rejects.parquet")
+    assert rej[["table", "row", "reason"]].values.tolist() == [
+        ["instruments", 1, "missing_market_row"], ["market", 1, "mark_off_index"],
+        ["positions", 1, "rejected_instrument"]]
+    assert "mark_off_index 1" in capsys.readouterr().out
+    assert main(["validate", str(book), "--mark-band", "inf", "--max-notional-usd", "1e4", "--out", str(out)]) == 0
+    rej = pd.read_parquet(out / "rejects.parquet")
+    # notionals above 1e4 USD: the BTC call 242,500, the spot 46,500, the future 46,500, the swap 27,903; BTC 74,400
+    assert rej[["table", "row", "reason"]].values.tolist() == [
+        ["positions", 2, "implausible_notional"], ["positions", 3, "implausible_notional"],
+        ["positions", 4, "implausible_notional"], ["positions", 5, "implausible_notional"],
+        ["balances", 1, "implausible_notional"]]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["limits"] == {"max_notional_usd": 1e4, "mark_band": None}
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--max-notional-usd", "0"], "max_notional_usd must be a number > 0"),
+    (["--mark-band", "0.5"], "mark_band must be a number >= 1"),
+    (["--mark-band", "nan"], "mark_band must be"),
+])
+def test_cli_validate_bad_setting_is_one_line(tmp_path, capsys, argv, fragment):
+    rc = main(["validate", str(_tiny_dir(tmp_path))] + argv)
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_cli_validate_out_needs_an_existing_parent(tmp_path, capsys):
+    book = _tiny_dir(tmp_path)
+    out = tmp_path / "missing" / "checks"
+    rc = main(["validate", str(book), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "parent folder" in err and "does not exist" in err
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["validate", str(book), "--out", str(tmp_path / "afile")]) != 0
+    assert "not a folder" in capsys.readouterr().err
+    # the folder itself may be created
+    assert main(["validate", str(book), "--out", str(tmp_path / "checks")]) == 0
+    assert (tmp_path / "checks" / "summary.json").is_file()
+
+
+def test_cli_validate_reports_merged_balances(tmp_path, capsys):
+    book = _tiny_dir(tmp_path)
+    df = pd.read_csv(book / "balances.csv", dtype=str)
+    pd.concat([df, df.iloc[[1, 1]]], ignore_index=True).to_csv(book / "balances.csv", index=False)
+    assert main(["validate", str(book)]) == 0
+    assert "balances netted: 2 row(s) merged into 3 net balance(s)" in capsys.readouterr().out
+    lb = load_book(book)
+    assert lb.summary["balances"]["merged"] == 2
+    usdt = lb.book.balances.amount[lb.book.balances.asset == "USDT"]
+    assert usdt.tolist() == [15000.0]
+
+
+def test_io_and_validate_do_not_import_each_other_back():
+    """The table schema lives in gpurisk.schema: validate never imports io (not even inside a function)."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "gpurisk"
+
+    def imported(mod: str) -> set[str]:
+        tree = ast.parse((pkg / f"{mod}.py").read_text(encoding="utf-8"))
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names.add(node.module or "")
+                if node.module is None:
+                    names.update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name.removeprefix("gpurisk.") for a in node.names if a.name.startswith("gpurisk."))
+        return names
+
+    assert "io" not in imported("validate") and "schema" in imported("validate")
+    assert "schema" in imported("io")
+    for low in ("schema", "book"):
+        assert not {"io", "validate"} & imported(low), low

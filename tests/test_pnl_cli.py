@@ -181,3 +181,19 @@ def test_scenarios_command_errors(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and needle in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_out_with_a_missing_parent_is_a_one_line_error(tmp_path, book_dir, scen_file, capsys):
+    """pnl and scenarios create the --out target, never a misspelt parent folder."""
+    rc = main(["pnl", str(book_dir), "--scenarios", str(scen_file), "--out", str(tmp_path / "nope" / "out")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "parent folder" in err and "Traceback" not in err
+    rc = main(["scenarios", "grid", "--out", str(tmp_path / "nope" / "g.parquet")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "parent folder" in err and "Traceback" not in err
+    assert not (tmp_path / "nope").exists()
+    rc = main(["scenarios", "grid", "--out", str(tmp_path)])  # a folder where a file is wanted
+    assert rc != 0 and "is a folder" in capsys.readouterr().err
+    # the target itself may be created
+    assert main(["pnl", str(book_dir), "--scenarios", str(scen_file), "--out", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "pnl.parquet").is_file()

@@ -127,6 +127,8 @@ BAD_CSV = [
     ("negative weight", HEADER + "s1,BTC,0.1,0,-1,x,relative\ns1,ETH,0.1,0,-1,x,relative\n",
      ["line 2", "'weight'", "negative"]),
     ("empty underlying", HEADER + "s1,,0.1,0,1,x,relative\n", ["line 2", "'underlying'", "empty"]),
+    ("negative pnl_factor", "scenario_id,underlying,price_shock,pnl_factor\ns1,BTC,0.1,0.5\ns1,ETH,0.1,0.5\n"
+     "s2,BTC,0.1,-0.33\ns2,ETH,0.1,-0.33\n", ["line 4", "'pnl_factor'", "-0.33 is negative"]),
     ("no rows", HEADER, ["no scenario rows"]),
     ("empty file", "", ["empty"]),
 ]
@@ -231,3 +233,51 @@ def test_written_files_have_ordinary_permissions(tmp_path):
         if not name.endswith(".json"):
             write_scenarios(s, tmp_path / name)
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+DIFFERING = [
+    ("weight", "weight", ["1", "2"], "(2.0 vs 1.0)"),
+    ("pnl_factor", "pnl_factor", ["0.33", "1"], "(1.0 vs 0.33)"),
+    ("vol_mode", "vol_mode", ["relative", "absolute"], "('absolute' vs 'relative')"),
+    ("label", "label", ["up", "down"], "('down' vs 'up')"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("name,column,values,shown", DIFFERING, ids=[c[0] for c in DIFFERING])
+def test_differing_scenario_level_values_show_plain_values(tmp_path, fmt, name, column, values, shown):
+    """Messages show Python values and vol-mode names, never NumPy reprs such as np.int8(1) or np.float64(2.0)."""
+    df = pd.DataFrame({"scenario_id": ["s1", "s1"], "underlying": ["BTC", "ETH"], "price_shock": [0.1, 0.2],
+                       column: values})
+    p = tmp_path / f"s.{fmt}"
+    if fmt == "csv":
+        df.to_csv(p, index=False)
+    else:
+        if column in ("weight", "pnl_factor"):
+            df[column] = df[column].astype(np.float32 if column == "weight" else np.float64)
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), p)
+    with pytest.raises(ScenarioError) as ei:
+        read_scenarios(p)
+    msg = str(ei.value)
+    assert "np." not in msg and "numpy" not in msg and "\n" not in msg
+    assert f"column '{column}'" in msg and f"{name} differs" in msg and shown in msg, msg
+
+
+def test_parquet_negative_pnl_factor_names_the_row(tmp_path):
+    df = pd.DataFrame({"scenario_id": ["a", "a"], "underlying": ["BTC", "ETH"], "price_shock": [0.1, 0.2],
+                       "pnl_factor": np.array([-1, -1], dtype=np.int8)})
+    p = tmp_path / "s.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), p)
+    with pytest.raises(ScenarioError, match=r"s\.parquet: row 1, column 'pnl_factor': pnl_factor -1 is negative"):
+        read_scenarios(p)
+    df["pnl_factor"] = 0  # zero: the scenario does not count, allowed like a zero weight
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), p)
+    assert read_scenarios(p).pnl_factor.tolist() == [0.0]
+
+
+def test_unknown_underlying_message_lists_plain_names(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_text("scenario_id,underlying,price_shock\ns1,LUNA,0.1\n")
+    with pytest.raises(ScenarioError) as ei:
+        read_scenarios(p, known_underlyings=np.array(["BTC", "ETH"]))
+    assert "known ['BTC', 'ETH']" in str(ei.value)

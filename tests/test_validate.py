@@ -81,6 +81,12 @@ SINGLE_CELL_CASES = [
     ("balances", 1, "amount", "nan", "non_finite"),
     ("balances", 1, "amount", None, "missing_value"),
     ("balances", 1, "venue", None, "missing_value"),
+    # plausibility with the default settings (notional bound 1e12 USD, mark band 3 around the index)
+    ("positions", 0, "quantity", "1e300", "implausible_notional"),
+    ("positions", 4, "quantity", "1e30", "implausible_notional"),
+    ("balances", 1, "amount", "2e12", "implausible_notional"),
+    ("market", 0, "underlying_price", "1e-300", "mark_off_index"),
+    ("market", 3, "underlying_price", "279001", "mark_off_index"),
 ]
 
 
@@ -263,6 +269,159 @@ def test_validate_names_a_missing_column(tiny):
         validate(tiny, TINY_AS_OF)
 
 
+# ----------------------------------------------------------------------------- plausibility: notional and mark band
+
+# USD notional of each tiny-book row, worked out by hand (docs/data-format.md: "What one contract is"):
+#   positions: A1 BTC-PERPETUAL 1000 x 10 USD (inverse: contract_size is USD, the mark does not enter),
+#              A1 BTC call -2.5 x 1 BTC x 97000 (inverse option: on the underlying, at its forward),
+#              A2 BTCUSDT 0.5 x 1 x 93000, A2 BTC-27JUN25 4650 x 10 USD, A3 BTC-USDT-SWAP 30 x 0.01 x 93010,
+#              A3 ETH put -12 x 0.1 x 3500
+#   balances:  0.8 BTC x 93000, 5000 USDT x 1, -250.5 USDC x 1
+HAND_NOTIONAL = {
+    "positions": [10_000.0, 242_500.0, 46_500.0, 46_500.0, 27_903.0, 4_200.0],
+    "balances": [74_400.0, 5_000.0, 250.5],
+}
+
+
+@pytest.mark.parametrize("bound", [250.5, 4_000.0, 5_000.0, 10_000.0, 27_000.0, 30_000.0, 50_000.0, 80_000.0,
+                                   242_000.0, 243_000.0])
+def test_notional_bound_matches_hand_computed_notionals(tiny, bound):
+    """Exactly the rows whose hand-computed USD notional is above the bound are rejected (the bound is inclusive)."""
+    clean, rejects, summary = validate(tiny, TINY_AS_OF, max_notional_usd=bound)
+    _check_accounting(tiny, rejects, summary)
+    assert set(rejects["reason"]) <= {"implausible_notional"}
+    for table, notional in HAND_NOTIONAL.items():
+        want = [i + 1 for i, x in enumerate(notional) if x > bound]
+        got = rejects.loc[rejects["table"] == table, "row"].tolist()
+        assert got == want, (table, bound)
+    col = rejects.set_index(["table", "row"])["column"]
+    assert all(col[(t, r)] == ("quantity" if t == "positions" else "amount") for t, r in col.index)
+    assert summary["limits"] == {"max_notional_usd": bound, "mark_band": 3.0}
+
+
+def test_quantity_or_price_1e300_is_rejected_without_warnings(tiny):
+    """The issue's cases: 1e300 and 1e30 quantities, an index and marks at 1e300: rejects, no overflow warning."""
+    import warnings
+
+    tiny["positions"].loc[0, "quantity"] = "1e300"
+    tiny["positions"].loc[2, "quantity"] = "1e30"
+    tiny["index"].loc[1, "price"] = "1e300"  # ETH index and the ETH put's forward both absurd but consistent
+    tiny["market"].loc[4, "underlying_price"] = "1e300"
+    tiny["balances"].loc[1, "amount"] = "1e300"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean, rejects, summary = validate(tiny, TINY_AS_OF)
+    got = rejects[["table", "row", "column", "reason"]].values.tolist()
+    assert got == [["positions", 1, "quantity", "implausible_notional"],
+                   ["positions", 3, "quantity", "implausible_notional"],
+                   ["positions", 6, "quantity", "implausible_notional"],  # -12 x 0.1 x 1e300
+                   ["balances", 2, "amount", "implausible_notional"]]
+    _check_accounting(tiny, rejects, summary)
+    book = Book.from_frames(TINY_AS_OF, **clean)
+    notional = np.abs(book.positions.quantity) * book.instruments.contract_size[book.positions.instrument_idx]
+    assert np.all(notional < 1e12)
+
+
+def test_mark_band_edges_are_inclusive(tiny):
+    """BTC index 93000, band 3: 31000 and 279000 are accepted, 30999 and 279001 are not."""
+    for mark, ok in (("31000", True), ("279000", True), ("30999", False), ("279001", False)):
+        t = tiny_tables()
+        t["market"].loc[3, "underlying_price"] = mark
+        _, rejects, _ = validate(t, TINY_AS_OF)
+        if ok:
+            assert rejects.empty, (mark, rejects)
+        else:
+            assert rejects[["table", "row", "reason"]].values.tolist() == [
+                ["instruments", 4, "missing_market_row"], ["market", 4, "mark_off_index"],
+                ["positions", 5, "rejected_instrument"]], mark
+
+
+def test_mark_far_from_index_cascades(tiny):
+    """The issue's case: a perpetual marked at 1e-300 against a 93,000 index rejects it and its positions."""
+    tiny["market"].loc[0, "underlying_price"] = "1e-300"
+    clean, rejects, summary = validate(tiny, TINY_AS_OF)
+    assert rejects[["table", "row", "column", "reason"]].values.tolist() == [
+        ["instruments", 1, "instrument_id", "missing_market_row"],
+        ["market", 1, "underlying_price", "mark_off_index"],
+        ["positions", 1, "instrument_id", "rejected_instrument"]]
+    assert "BTC-PERPETUAL" not in set(clean["market"]["instrument_id"])
+    _check_accounting(tiny, rejects, summary)
+
+
+def test_mark_band_is_configurable(tiny):
+    """Forwards 97000 (BTC, index 93000: x 1.0430) and 3500 (ETH, index 3360: x 1.0417) fit a band of 1.05, not 1.04."""
+    _, rejects, _ = validate(tiny, TINY_AS_OF, mark_band=1.05)
+    assert rejects.empty
+    _, rejects, _ = validate(tiny, TINY_AS_OF, mark_band=1.04)
+    got = rejects.loc[rejects["table"] == "market", "row"].tolist()
+    assert got == [2, 3, 5]  # BTC-27JUN25, the BTC call and the ETH put; the 93010 swap (x 1.0001) stays
+    assert set(rejects.loc[rejects["table"] == "market", "reason"]) == {"mark_off_index"}
+
+
+@pytest.mark.parametrize("off", [None, float("inf")])
+def test_checks_can_be_turned_off(tiny, off):
+    tiny["market"].loc[0, "underlying_price"] = "1e-300"
+    tiny["positions"].loc[4, "quantity"] = "1e300"
+    _, rejects, summary = validate(tiny, TINY_AS_OF, max_notional_usd=off, mark_band=off)
+    assert rejects.empty
+    assert summary["limits"] == {"max_notional_usd": None, "mark_band": None}
+
+
+@pytest.mark.parametrize("kw,value", [("max_notional_usd", 0), ("max_notional_usd", -1.0),
+                                      ("max_notional_usd", float("nan")), ("max_notional_usd", "lots"),
+                                      ("mark_band", 0.5), ("mark_band", float("nan")), ("mark_band", True),
+                                      ("max_notional_usd", np.float64(-2.0))])
+def test_bad_limit_is_one_line_error(tiny, kw, value):
+    with pytest.raises(ValidationError) as exc:
+        validate(tiny, TINY_AS_OF, **{kw: value})
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(kw) and "np." not in msg
+
+
+# ----------------------------------------------------------------------------- duplicate balances
+
+
+def test_duplicate_balances_are_merged_and_counted_like_positions(tiny):
+    """One policy for both tables: rows with the same key are summed and counted as merged."""
+    extra = pd.DataFrame({"account_id": ["A1", "A1", "A2", "A2"], "venue": ["deribit", "deribit", "binance", "okx"],
+                          "asset": ["BTC", "BTC", "USDT", "USDT"], "amount": ["0.2", "-0.1", "1000", "7"]})
+    tiny["balances"] = pd.concat([tiny["balances"], extra.astype("str")], ignore_index=True)
+    clean, rejects, summary = validate(tiny, TINY_AS_OF)
+    assert rejects.empty
+    assert summary["balances"] == {"input": 7, "accepted": 7, "rejected": 0, "merged": 3, "net_balances": 4}
+    book = Book.from_frames(TINY_AS_OF, **clean)
+    # independent: a pandas groupby over the clean rows
+    want = clean["balances"].groupby(["account_id", "venue", "asset"])["amount"].sum()
+    got = pd.Series(book.balances.amount, index=pd.MultiIndex.from_arrays(
+        [book.accounts[book.balances.account_idx], book.balances.venue, book.balances.asset],
+        names=["account_id", "venue", "asset"])).sort_index()
+    pd.testing.assert_series_equal(got, want, check_names=False, rtol=1e-15)
+    assert got[("A1", "deribit", "BTC")] == pytest.approx(0.9, rel=1e-15)
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_messages_have_one_format_and_plain_values(tiny):
+    """Every reject's message is ``schema.reject_message`` of its cells; NumPy-typed cells show plain values."""
+    from gpurisk.schema import reject_message
+
+    t = tiny
+    t["positions"]["quantity"] = np.array([0, 1, 2, 3, 4, 5], dtype=np.int8)  # row 1: zero quantity
+    t["instruments"]["contract_size"] = np.array([10, 10, 1, -0.01, 0.1, 1], dtype=np.float32)
+    t["balances"]["amount"] = pd.Series([np.int8(1), np.float64(np.nan), np.uint16(7)], dtype=object)
+    t["index"]["price"] = np.array([93000, 3360, 1, 1], dtype=np.uint32)
+    t["index"].loc[3, "price"] = 0  # USDC: its balance (row 3) cascades to unknown_asset
+    clean, rejects, summary = validate(t, TINY_AS_OF)
+    assert len(rejects) >= 4
+    for r in rejects.itertuples():
+        assert r.message == reject_message(r.table, r.row, r.column, r.reason, r.value)
+        assert "np." not in r.message and "numpy" not in r.message
+    vals = rejects.set_index(["table", "row"])["value"]
+    assert vals[("positions", 1)] == "0" and vals[("index", 4)] == "0" and vals[("instruments", 4)] == "-0.01"
+    assert vals[("balances", 2)] in ("", "nan")
+
+
 # ----------------------------------------------------------------------------- property tests
 
 _BAD = {
@@ -295,8 +454,9 @@ edit = st.tuples(
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=st.lists(edit, max_size=8), dup_positions=st.lists(st.integers(0, 5), max_size=4))
-def test_no_mix_of_bad_rows_crashes_and_rows_balance(edits, dup_positions):
+@given(edits=st.lists(edit, max_size=8), dup_positions=st.lists(st.integers(0, 5), max_size=4),
+       dup_balances=st.lists(st.integers(0, 2), max_size=3))
+def test_no_mix_of_bad_rows_crashes_and_rows_balance(edits, dup_positions, dup_balances):
     t = tiny_tables()
     for (table, col), row, choice in edits:
         df = t[table]
@@ -305,16 +465,21 @@ def test_no_mix_of_bad_rows_crashes_and_rows_balance(edits, dup_positions):
         df.loc[r, col] = value
     if dup_positions:
         t["positions"] = pd.concat([t["positions"], t["positions"].iloc[dup_positions]], ignore_index=True)
+    if dup_balances:
+        t["balances"] = pd.concat([t["balances"], t["balances"].iloc[dup_balances]], ignore_index=True)
     clean, rejects, summary = validate(t, TINY_AS_OF)
     _check_accounting(t, rejects, summary)
     for name in TABLES:
         assert len(clean[name]) == summary[name]["accepted"]
     # netting is accounted: accepted rows = net positions + merged, and the built book holds the net ones
-    pos = summary["positions"]
+    pos, bal = summary["positions"], summary["balances"]
     assert pos["accepted"] == pos["net_positions"] + pos["merged"]
+    assert bal["accepted"] == bal["net_balances"] + bal["merged"]
     if len(clean["instruments"]) and len(clean["index"]):
         book = Book.from_frames(TINY_AS_OF, **clean)
         assert len(book.positions.quantity) == pos["net_positions"]
+        assert len(book.balances.amount) == bal["net_balances"]
+        np.testing.assert_allclose(book.balances.amount.sum(), clean["balances"]["amount"].sum(), atol=1e-9)
         np.testing.assert_allclose(book.positions.quantity.sum(), clean["positions"]["quantity"].sum(), atol=1e-9)
         assert np.isfinite(book.market.underlying_price).all()
         assert (book.instruments.contract_size > 0).all()

@@ -205,16 +205,23 @@ def test_equity_counts_spot_holdings_and_every_pair_has_a_row(tmp_path):
 
 def test_unpriced_holdings_are_errors_not_zero():
     ins, mk, idx, pos, bal = _holdings_tables()
-    # Book.from_frames does not validate: a coin balance with no index row reaches the models
+    # Book.from_frames does not need an index row for a balance's asset: the models must refuse it
     bal_sol = pd.concat([bal, pd.DataFrame({"account_id": ["b"], "venue": ["okx"], "asset": ["SOL"],
                                             "amount": [3.0]})], ignore_index=True)
     b = Book.from_frames("2025-01-02T00:00:00Z", ins, mk, idx, pos, bal_sol)
     for mod in (venue, okx):
         with pytest.raises(GpuriskError, match=r"SOL.*no index price"):
             run(mod, b)
-    # a spot position without a usable mark
-    b = Book.from_frames("2025-01-02T00:00:00Z", ins, mk.assign(underlying_price=[np.nan, 60_050.0, 60_100.0]),
+    # a spot position without a usable mark: Book.from_frames refuses it, and so does the model for a
+    # book assembled without it
+    import dataclasses
+
+    with pytest.raises(GpuriskError, match="market row 1, column underlying_price"):
+        Book.from_frames("2025-01-02T00:00:00Z", ins, mk.assign(underlying_price=[np.nan, 60_050.0, 60_100.0]),
                          idx, pos, bal)
+    b = Book.from_frames("2025-01-02T00:00:00Z", ins, mk, idx, pos, bal)
+    b = dataclasses.replace(b, market=dataclasses.replace(b.market, underlying_price=np.array([np.nan, 60_050.0,
+                                                                                               60_100.0])))
     with pytest.raises(GpuriskError, match="BTCUSDT.*underlying_price"):
         run(venue, b)
 

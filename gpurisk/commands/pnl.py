@@ -6,7 +6,8 @@ instrument-major) with columns ``instrument_id, scenario_id, base_value,
 scenario_value, pnl, numeraire``: values per contract, in ``numeraire`` (``USD``,
 or the settlement coin with ``--numeraire settlement``). For futures and
 perpetuals base_value is 0 and scenario_value is the P&L. Also writes
-``DIR/pnl_summary.json``. Files are written atomically.
+``DIR/pnl_summary.json``. Files are written atomically; DIR may be created, its
+parent folder must exist.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BookError, ScenarioError
+from ..errors import ScenarioError
 
 #: bound on the [I, S] block revalued at once, in float64 elements
 BLOCK_ELEMENTS = 2_000_000
@@ -28,7 +29,7 @@ def add_parser(subparsers):
                               description=__doc__)
     p.add_argument("book", help="book folder")
     p.add_argument("--scenarios", required=True, help="scenario file (.parquet or .csv)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (its parent folder must exist)")
     p.add_argument("--numeraire", choices=("usd", "settlement"), default="usd")
     p.set_defaults(func=run)
     return p
@@ -41,7 +42,7 @@ def pnl_table_writer(book, sset, numeraire: str, path: Path) -> dict:
 
     from ..backends.reference import revalue_values
     from ..pricing import pricing_inputs
-    from ..scenarios.io import _atomic_write
+    from ..fileio import atomic_write
 
     ins = book.instruments
     try:
@@ -60,8 +61,8 @@ def pnl_table_writer(book, sset, numeraire: str, path: Path) -> dict:
     step = max(1, BLOCK_ELEMENTS // max(S, 1))
     stats = {"rows": 0}
 
-    def write(tmp):
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+    def write(fh):
+        with pq.ParquetWriter(fh, schema, compression="zstd") as w:
             for lo in range(0, max(I, 1), step):
                 sl = slice(lo, min(lo + step, I))
                 n = sl.stop - sl.start
@@ -89,17 +90,17 @@ def pnl_table_writer(book, sset, numeraire: str, path: Path) -> dict:
             if I == 0:
                 w.write_table(schema.empty_table())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return {"instruments": I, "scenarios": S, **stats}
 
 
 def run(args) -> int:
-    from ..io import load_book, write_json
+    from ..fileio import write_json
+    from ..io import load_book
     from ..scenarios.io import read_scenarios
+    from .outpath import out_folder
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise BookError(f"{out}: --out must be a folder")
+    out = out_folder(args.out)  # may be created; its parent folder must exist
     sset = read_scenarios(args.scenarios)  # cheap: fail on a bad scenario file before loading the book
     lb = load_book(args.book)
     try:

@@ -29,7 +29,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser("scenarios", help="generate a scenario set (grid, span, historical, montecarlo, stress)",
                               description=__doc__)
     p.add_argument("kind", choices=KINDS, help="generator")
-    p.add_argument("--out", required=True, help="output file, .parquet or .csv (CSV gets FILE.meta.json)")
+    p.add_argument("--out", required=True,
+                   help="output file, .parquet or .csv (CSV gets FILE.meta.json); its folder must exist")
     p.add_argument("--underlyings", help="comma-separated coins (default: BTC,ETH for grids, all coins otherwise)")
     p.add_argument("--as-of", help="UTC time; required for historical and montecarlo")
     p.add_argument("--horizon-days", type=float, help="P&L horizon in days (default 0 grids/stress, 1 otherwise)")
@@ -131,7 +132,9 @@ def build(args):
 
 def run(args) -> int:
     from ..scenarios.io import write_scenarios
+    from .outpath import out_file
 
+    out_file(args.out, ScenarioError)  # the file may be created; its parent folder must exist
     sset = build(args)
     try:
         path = write_scenarios(sset, args.out)

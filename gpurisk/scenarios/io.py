@@ -2,7 +2,7 @@
 
 See docs/data-format.md ("Scenario sets"). ``read_scenarios(path) -> ScenarioSet`` checks every
 row and raises ``ScenarioError`` with one line naming the file, row and column;
-``write_scenarios(sset, path)`` writes atomically (temp file + os.replace).
+``write_scenarios(sset, path)`` writes atomically with ``gpurisk.fileio``.
 
 Row numbers in messages: for CSV the line number in the file (the header is
 line 1); for Parquet the 1-based data row.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pandas as pd
 
 from ..book import STABLECOINS
 from ..errors import ScenarioError
+from ..fileio import write_csv, write_json, write_table
 from ..marketdata import COINS
 from ..pricing import VOL_MODE_CODES, VOL_MODE_NAMES, VolTerm
 from .scenario_set import ScenarioSet
@@ -81,6 +80,11 @@ def _numeric(df, col, path, fmt, rows) -> np.ndarray:
         shown = "empty" if shown is None or (isinstance(shown, float) and math.isnan(shown)) or shown is pd.NA else repr(str(shown))
         raise ScenarioError(f"{_where(path, fmt, rows, i, col)}: {shown} is not a finite number")
     return vals
+
+
+def _plain(x):
+    """A NumPy scalar as the Python value it holds, so that messages never show ``np.float64(...)``."""
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _meta_from(raw: dict | None, where: str) -> dict:
@@ -184,7 +188,7 @@ def read_scenarios(path, known_underlyings=None) -> ScenarioSet:
     if n == 0:
         raise ScenarioError(f"{path}: no scenario rows")
     rows = _row_numbers(n, fmt)
-    known = set(KNOWN_UNDERLYINGS if known_underlyings is None else known_underlyings)
+    known = {str(u) for u in (KNOWN_UNDERLYINGS if known_underlyings is None else known_underlyings)}
 
     # text columns
     sid = df["scenario_id"]
@@ -217,6 +221,12 @@ def read_scenarios(path, known_underlyings=None) -> ScenarioSet:
         i = int(np.argmax(weight < 0))
         raise ScenarioError(f"{_where(path, fmt, rows, i, 'weight')}: weight {weight[i]:g} is negative")
     pnlf = _numeric(df, "pnl_factor", path, fmt, rows) if "pnl_factor" in df.columns else np.ones(n)
+    if (pnlf < 0).any():
+        i = int(np.argmax(pnlf < 0))
+        raise ScenarioError(
+            f"{_where(path, fmt, rows, i, 'pnl_factor')}: pnl_factor {pnlf[i]:g} is negative; it is the share of "
+            "the scenario's P&L that counts and must be >= 0"
+        )
     if "vol_mode" in df.columns:
         vm_raw = df["vol_mode"].astype("string").str.strip().str.lower().fillna("relative")
         vm_raw = vm_raw.where(vm_raw != "", "relative")
@@ -268,9 +278,10 @@ def read_scenarios(path, known_underlyings=None) -> ScenarioSet:
         diff = ref != arr
         if diff.any():
             i = int(np.argmax(diff))
+            shown = (lambda v: VOL_MODE_NAMES[int(v)]) if name == "vol_mode" else _plain
             raise ScenarioError(
                 f"{_where(path, fmt, rows, i, name)}: {name} differs between rows of scenario {sid[i]!r} "
-                f"({arr[i]!r} vs {ref[i]!r}); it must be the same on every row of a scenario"
+                f"({shown(arr[i])!r} vs {shown(ref[i])!r}); it must be the same on every row of a scenario"
             )
     ps = np.empty(S * U)
     vs = np.empty(S * U)
@@ -329,33 +340,9 @@ def _jsonable(x):
     return str(x)
 
 
-def _process_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _process_umask()
-
-
-def _atomic_write(path: Path, write_fn) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_scenarios(sset: ScenarioSet, path) -> Path:
     """Write ``sset`` to ``path`` (.parquet with key-value metadata, or .csv + ``.meta.json`` sidecar)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     fmt = _fmt(path)
@@ -364,13 +351,12 @@ def write_scenarios(sset: ScenarioSet, path) -> Path:
     if fmt == "parquet":
         table = pa.Table.from_pandas(frame, preserve_index=False)
         kv = dict(table.schema.metadata or {})
-        kv[PARQUET_META_KEY] = json.dumps(meta).encode("utf-8")
+        kv[PARQUET_META_KEY] = json.dumps(meta, sort_keys=True).encode("utf-8")
         table = table.replace_schema_metadata(kv)
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        write_table(table, path)
     else:
-        _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-        side = sidecar_path(path)
-        _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+        write_csv(frame, path)
+        write_json(meta, sidecar_path(path))
     return path
 
 
