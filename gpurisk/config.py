@@ -1,8 +1,13 @@
 """Typed job files: one TOML file describes a whole batch run.
 
-``load_job(path) -> JobConfig`` parses the file with ``tomllib`` into frozen
-dataclasses. Unknown keys and wrong types raise ``ConfigError`` naming the file
+``load_job(path) -> JobConfig`` reads the file with ``gpurisk.fileio.read_toml`` into
+frozen dataclasses. Unknown keys and wrong types raise ``ConfigError`` naming the file
 and the key path (``jobs/x.toml: models[1].scenarios.seed: expected an integer``).
+
+The job name and the model labels become file and folder names (``OUTPUT/<run_id>/<label>/``,
+``OUTPUT/gpurisk_<job>.prom``), so they are checked here with ``gpurisk.fileio.check_name``:
+a label such as ``../x``, ``/abs`` or one holding a newline is a ConfigError naming its key
+path (``models[1].label``), before anything is written. Nothing is renamed silently.
 
 Relative paths inside a job file resolve against the folder that holds the job
 file, so a job runs the same from any working directory.
@@ -17,9 +22,13 @@ Sections (see ``jobs/*.toml`` for commented examples)::
                  OUTPUT/.cache/)
     [[models]]   name (house | deribit | okx | venue | measures), label,
                  params_file, params (inline overrides of the model's Params),
-                 scenarios: a table or an array of tables, each either
-                 {file = "..."} or {generator = "montecarlo", ...generator options};
-                 several sets are concatenated
+                 scenarios (house and measures only; the venue replicas use their
+                 venues' grids): a table or an array of tables, each either
+                 {file = "..."} or {generator = "montecarlo", ...options}, the options
+                 named as the ``gpurisk scenarios`` flags (``gpurisk.scenarios.registry``),
+                 and optionally component = "historical" | "montecarlo" | "user" |
+                 "stress" (house; default "user", measured by ES); sets of one
+                 component are concatenated
     [alerts]     im_jump_pct, max_calls, max_rejects_ratio, on_failure,
                  webhook_url, webhook_timeout_s
     [schedule]   times = ["HH:MM", ...] (UTC) or interval_minutes
@@ -28,18 +37,19 @@ Sections (see ``jobs/*.toml`` for commented examples)::
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .margin import MODELS
+from .margin.components import COMPONENTS, USER
+from .scenarios.registry import GENERATORS
+from .fileio import check_name, read_toml
 
 JOB_KINDS = ("margin", "stress", "calibration")
-MODEL_NAMES = ("measures", "house", "deribit", "okx", "venue")
 BACKENDS = ("auto", "reference", "cpu", "gpu")
-GENERATORS = ("grid", "span16", "historical", "montecarlo", "stress")
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _REQUIRED = object()
 
@@ -68,11 +78,17 @@ class BookSource:
 
 @dataclass(frozen=True)
 class ScenarioSpec:
-    """One scenario set: a file, or a generator with its keyword options."""
+    """One scenario set: a file, or a generator (``gpurisk.scenarios.registry``) with its options.
+
+    component: which of the house model's scenario components the set is (``historical``,
+    ``montecarlo``, ``user`` or ``stress``; default ``user``, measured by ES). Sets of one
+    component are concatenated.
+    """
 
     file: Path | None = None
     generator: str | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    component: str = "user"
 
 
 @dataclass(frozen=True)
@@ -255,33 +271,54 @@ def _book(t: _Table, base: Path) -> BookSource:
     return BookSource(path=path, snapshots=snaps, sample=sample)
 
 
-def _scenario(t: _Table, base: Path) -> ScenarioSpec:
+def _scenario(t: _Table, base: Path, model: str) -> ScenarioSpec:
     file = _path(t, "file", base)
-    gen = _choice(t, "generator", GENERATORS, None)
-    opts = {k: _plain(v, t, k) for k, v in t.data.items() if k not in ("file", "generator")}
+    gen = _choice(t, "generator", tuple(GENERATORS), None)
+    comp = t.get("component", "str", USER)
+    if comp not in COMPONENTS:
+        t.fail(f"must be one of {', '.join(COMPONENTS)}; got {comp!r}", "component")
+    if comp != USER and model != "house":
+        t.fail(f"scenario components apply to the house model only (model {model!r} takes one set)", "component")
+    opts = {k: _plain(v, t, k) for k, v in t.data.items() if k not in ("file", "generator", "component")}
     t.used.update(opts)
     if (file is None) == (gen is None):
         t.fail("give exactly one of file or generator")
     if file is not None and opts:
-        t.fail("unknown key for a scenario file (only 'file' is allowed)", sorted(opts)[0])
-    return ScenarioSpec(file=file, generator=gen, options=MappingProxyType(opts))
+        t.fail("unknown key for a scenario file (only 'file' and 'component' are allowed)", sorted(opts)[0])
+    if gen is not None:
+        from .errors import ScenarioError
+        from .scenarios.registry import REQUIRED, resolve
+
+        check = dict(opts)
+        for o in GENERATORS[gen].options:  # a required option the run can fill (as_of: the book's) may be absent
+            if o.default is REQUIRED and o.name not in check:
+                check[o.name] = "2000-01-01T00:00:00Z" if o.type == "time" else None
+        try:
+            resolve(gen, {k: (list(v) if isinstance(v, tuple) else v) for k, v in check.items()}, "")
+        except ScenarioError as exc:
+            t.fail(str(exc))
+    return ScenarioSpec(file=file, generator=gen, options=MappingProxyType(opts), component=comp)
 
 
 def _model(t: _Table, base: Path) -> ModelJob:
-    name = _choice(t, "name", MODEL_NAMES)
-    label = t.get("label", "str", name)
+    name = _choice(t, "name", tuple(MODELS))
+    label = check_name(t.get("label", "str", name), f"{t.file}: {t.path('label')}")
     params_file = _path(t, "params_file", base)
     params = t.get("params", "table", {})
     raw = t.data.get("scenarios")
     t.used.add("scenarios")
     specs: list[ScenarioSpec] = []
+    if raw is not None and not MODELS[name].takes_scenarios:
+        takes = ", ".join(k for k, v in MODELS.items() if v.takes_scenarios)
+        t.fail(f"model {name!r} uses its venue's own scenario grid and takes no scenario sets "
+               f"(scenario sets apply to: {takes})", "scenarios")
     if raw is None:
         pass
     elif isinstance(raw, dict):
-        specs.append(_scenario(_Table(t.file, t.path("scenarios"), raw), base))
+        specs.append(_scenario(_Table(t.file, t.path("scenarios"), raw), base, name))
     elif isinstance(raw, list):
         for i, item in enumerate(raw):
-            specs.append(_scenario(_Table(t.file, f"{t.path('scenarios')}[{i}]", item), base))
+            specs.append(_scenario(_Table(t.file, f"{t.path('scenarios')}[{i}]", item), base, name))
     else:
         t.fail(f"expected a table or an array of tables, got {_tname(raw)}", "scenarios")
     t.done()
@@ -340,7 +377,13 @@ def parse_job(data: dict, path: Path, file_label: str | None = None) -> JobConfi
     job = top.sub("job")
     if job is None:
         top.fail("missing required table [job]")
-    name = job.get("name", "str", path.stem)
+    name = job.get("name", "str", None)
+    if name is None:  # the job file's name, which must then be a good name too
+        try:
+            name = check_name(path.stem, f"{file}: {job.path('name')}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (the name defaults to the job file's; set [job] name)") from None
+    name = check_name(name, f"{file}: {job.path('name')}")
     kind = _choice(job, "kind", JOB_KINDS, "margin")
     description = job.get("description", "str", "")
     backend = _choice(job, "backend", BACKENDS, "auto")
@@ -396,14 +439,7 @@ def parse_job(data: dict, path: Path, file_label: str | None = None) -> JobConfi
 def load_job(path) -> JobConfig:
     """Read and check the job file at ``path``; ConfigError (file, key path) on any fault."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: job file not found")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    data = read_toml(path, "job file")
     return parse_job(data, p.resolve(), file_label=str(path))
 
 

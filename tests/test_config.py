@@ -89,6 +89,14 @@ def test_good_job_parses_with_types_and_relative_paths(tmp_path):
         (('snapshots = "snaps"', "sample = {accounts = 0}"), "book.sample.accounts: must be at least 1"),
         (('snapshots = "snaps"', "sample = {accounts = 5, seeds = 1}"), "book.sample.seeds: unknown key"),
         (("[schedule]", "[shedule]"), "shedule: unknown key"),
+        # generator options are the registry's (the CLI flags' names), checked when the file is read
+        (("n_scenarios = 500, seed = 3", "n = 500, seed = 3"), "models[0].scenarios[0]: n: not an option of the montecarlo"),
+        (("n_scenarios = 500, seed = 3", 'n_scenarios = "many"'), "models[0].scenarios[0]: n_scenarios: expected an integer"),
+        (('{generator = "montecarlo",', '{generator = "span16",'), "models[0].scenarios[0].generator: must be one of grid, span,"),
+        (('name = "venue"', 'name = "venue"\nscenarios = {generator = "grid"}'),
+         "models[1].scenarios: model 'venue' uses its venue's own scenario grid and takes no scenario sets"),
+        (('{file = "scen/stress.parquet"}', '{file = "s.parquet", component = "tail"}'),
+         "models[0].scenarios[1].component: must be one of historical, montecarlo, user, stress"),
     ],
 )
 def test_bad_job_names_file_and_key_path(tmp_path, edit, message):
@@ -99,6 +107,15 @@ def test_bad_job_names_file_and_key_path(tmp_path, edit, message):
         load_job(p)
     text = str(err.value)
     assert text.startswith(f"{p}: ") and message in text and "\n" not in text
+
+
+def test_scenario_components(tmp_path):
+    job = load_job(_write(tmp_path, GOOD.replace('{file = "scen/stress.parquet"}',
+                                                 '{file = "scen/stress.parquet", component = "stress"}')))
+    assert [s.component for s in job.models[0].scenarios] == ["user", "stress"]
+    bad = GOOD.replace('name = "venue"', 'name = "measures"\nscenarios = {generator = "stress", component = "stress"}')
+    with pytest.raises(ConfigError, match="models\\[1\\].scenarios.component: scenario components apply to the house"):
+        load_job(_write(tmp_path, bad))
 
 
 def test_missing_sections_and_bad_toml(tmp_path):
@@ -140,3 +157,71 @@ def test_cli_calibration_placeholder_is_a_clear_error(capsys):
     assert main(["run", str(REPO / "jobs" / "calibration.toml")]) != 0
     err = capsys.readouterr().err.strip()
     assert "calibration jobs are not built yet" in err and err.count("\n") == 0
+
+
+# --------------------------------------------------------------------------- names that become paths
+
+BAD_NAMES = ["../../../x", "/abs", "a\nb", "..", ".hidden", "a/b", "", "a\\b", "x y", "a..b", "x" * 101]
+
+
+@pytest.mark.parametrize("label", BAD_NAMES)
+def test_bad_model_label_is_a_one_line_error_naming_the_key(tmp_path, label):
+    import json
+
+    p = _write(tmp_path, GOOD.replace('name = "venue"', f'name = "venue"\nlabel = {json.dumps(label)}', 1))
+    with pytest.raises(ConfigError) as err:
+        load_job(p)
+    text = str(err.value)
+    assert text.startswith(f"{p}: models[1].label: bad name ") and "\n" not in text
+    assert repr(label) in text or len(label) > 60  # long names are shown shortened
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/cron.d/x", "a\nb", ".x"])
+def test_bad_job_name_is_a_one_line_error(tmp_path, name):
+    import json
+
+    p = _write(tmp_path, GOOD.replace('name = "intraday"', f"name = {json.dumps(name)}", 1))
+    with pytest.raises(ConfigError) as err:
+        load_job(p)
+    text = str(err.value)
+    assert text.startswith(f"{p}: job.name: ") and "\n" not in text
+
+
+def test_job_name_defaults_to_the_file_name_and_is_checked_too(tmp_path):
+    text = GOOD.replace('name = "intraday"\n', "", 1)
+    assert load_job(_write(tmp_path, text, "intraday-2.toml")).name == "intraday-2"
+    p = _write(tmp_path, text, "intraday margin.toml")
+    with pytest.raises(ConfigError, match=r"job\.name: .*'intraday margin'.*set \[job\] name"):
+        load_job(p)
+
+
+def test_good_labels_are_kept_as_written(tmp_path):
+    for label in ("venue-2", "house_v1.2", "A9"):
+        p = _write(tmp_path, GOOD.replace('name = "venue"', f'name = "venue"\nlabel = "{label}"', 1))
+        assert load_job(p).models[1].label == label
+
+
+@pytest.mark.parametrize("label", ["../../../x", "/abs"])
+def test_run_with_a_bad_label_writes_nothing_outside_output(tmp_path, label):
+    """``gpurisk run`` (a real process) refuses the job before writing anything anywhere."""
+    import json
+    import subprocess
+    import sys
+
+    from test_batch_fixtures import write_book_folder
+
+    if label.startswith("/"):
+        label = str(tmp_path / "abs" / "x")  # an absolute path inside tmp_path, so the test can look for it
+    root = tmp_path / "a" / "b" / "c"
+    write_book_folder(root / "book", 20)
+    job = _write(root, f'[job]\nname = "evil"\nbackend = "reference"\noutput = "out"\n[book]\npath = "book"\n'
+                       f'[[models]]\nname = "measures"\nlabel = {json.dumps(label)}\n'
+                       f'scenarios = {{generator = "stress", horizon_days = 2.0}}\n')
+    before = {p for p in tmp_path.rglob("*")}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from gpurisk.cli import main; sys.exit(main(sys.argv[1:]))",
+                           "run", str(job), "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert [p for p in created if not p.is_relative_to(root / "out")] == []
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and "models[0].label" in err and "Traceback" not in err

@@ -195,3 +195,30 @@ def test_printed_accounts_are_distinct_accounts_for_every_model(tmp_path, capsys
             assert len(m) > n  # several rows per account, so a row count would be wrong
         assert f": {n} accounts," in printed
         assert json.loads((out / "summary.json").read_text())["accounts"] == n
+
+
+@pytest.mark.parametrize("model", ["deribit", "okx", "venue"])
+def test_venue_models_refuse_scenarios_instead_of_ignoring_them(book_dir, scen_file, tmp_path, capsys, model):
+    out = tmp_path / model
+    rc = main(["margin", str(book_dir), "--model", model, "--scenarios", str(scen_file), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "cannot take a scenario set" in err and not out.exists()
+
+
+def test_component_and_units_metadata(book_dir, scen_file, tmp_path):
+    from gpurisk.margin.output import read_metadata
+
+    a, b = tmp_path / "user", tmp_path / "stress"
+    assert main(["margin", str(book_dir), "--model", "house", "--scenarios", str(scen_file), "--out", str(a),
+                 "--backend", "reference"]) == 0
+    assert main(["margin", str(book_dir), "--model", "house", "--scenarios", str(scen_file), "--component", "stress",
+                 "--out", str(b), "--backend", "reference"]) == 0
+    ma, mb = _read(a, "margin"), _read(b, "margin")
+    assert list(ma.columns) == list(mb.columns)  # one schema whatever the component
+    assert (ma["base_component"].astype(str).isin(["user", "none"])).all()
+    assert (mb["base_component"].astype(str).isin(["stress", "none"])).all()
+    np.testing.assert_allclose(mb["stress_charge"], 0.33 * mb["stress_worst"], rtol=1e-12)
+    meta = read_metadata(a / "margin.parquet")
+    assert meta["model"] == "house" and meta["units"]["im_usd"] == "USD" and meta["units"]["im"] == "currency"
+    assert meta["as_of"].endswith("Z") and meta["scenarios_file"] == str(scen_file)
+    assert str(ma["status"].dtype) == "category"

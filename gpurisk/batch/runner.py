@@ -37,7 +37,8 @@ import pandas as pd
 from ..backends import TailStats
 from ..config import JobConfig, to_dict
 from ..errors import ConfigError, GpuriskError
-from . import atomic, chunks, cluster, manifest, monitoring, sources, tasks
+from ..fileio import check_name, sha256_file, write_json, write_parquet
+from . import chunks, cluster, manifest, monitoring, sources, tasks
 
 log = logging.getLogger("gpurisk.batch")
 
@@ -201,13 +202,12 @@ def _check_plan(stored, n: int):
 
 
 def run_job(job: JobConfig, options: RunOptions | None = None, *, client=None, get_model=None, book_loader=None,
-            generate_cli=None, on_chunk=None) -> RunReport:
+            on_chunk=None) -> RunReport:
     """Run ``job`` and return its report; raise ``JobError`` (one line) if it fails.
 
     ``client``: an existing ``distributed.Client`` to use (else one is opened per
-    ``options``). ``get_model``, ``book_loader``, ``generate_cli``: replacements of
-    ``gpurisk.margin.get_model``, ``gpurisk.io.load_book`` and the ``gpurisk
-    generate`` entry point. ``on_chunk(done, total)`` is called after each chunk is
+    ``options``). ``get_model``, ``book_loader``: replacements of
+    ``gpurisk.margin.get_model`` and ``gpurisk.io.load_book``. ``on_chunk(done, total)`` is called after each chunk is
     checkpointed (monitoring hooks; an exception there fails the run).
     """
     opts = options or RunOptions()
@@ -224,7 +224,7 @@ def run_job(job: JobConfig, options: RunOptions | None = None, *, client=None, g
 
     try:
         with stage("inputs"):
-            book_path = Path(os.path.normpath(sources.book_folder(job, out, generate_cli)))
+            book_path = Path(os.path.normpath(sources.book_folder(job, out)))
             files = sources.input_files(job, book_path)
             hashes, input_hash = manifest.hash_inputs(files, _fingerprint(job, backend))
         run_id, run_dir, man = _open_run(out, opts.resume, input_hash)
@@ -279,9 +279,7 @@ def _one_line(exc: BaseException) -> str:
 def _open_run(out: Path, resume: str | None, input_hash: str):
     """(run_id, run_dir, manifest dict): a new run folder, or the one to resume after checking its inputs."""
     if resume:
-        if Path(resume).name != resume or resume.startswith("."):
-            raise ConfigError(f"--resume takes a run id (a folder name in {out}), not a path: {resume!r}")
-        run_dir = out / resume
+        run_dir = out / check_name(resume, f"--resume takes a run id (a folder name in {out})")
         old = manifest.read_manifest(run_dir)
         if old is None:
             raise ConfigError(f"cannot resume run {resume}: no manifest.json in {run_dir}")
@@ -437,18 +435,19 @@ def _execute(job, client, opts, backend, chunk_size, get_model, book_loader, boo
         report.results[label] = res
         with stage("write"):
             for tname, df in sorted(res.tables.items()):
-                rel = f"{label}/{tname}.parquet"
-                atomic.write_parquet(df, run_dir / rel)
-                report.outputs[rel] = atomic.sha256_file(run_dir / rel)
-            atomic.write_json(run_dir / label / "summary.json", res.summary)
+                table = check_name(tname, f"model {label}: table name")
+                rel = f"{check_name(label, 'model label')}/{table}.parquet"
+                write_parquet(df, run_dir / rel)
+                report.outputs[rel] = sha256_file(run_dir / rel)
+            write_json(res.summary, run_dir / check_name(label, "model label") / "summary.json")
         report.total_im[label] = _frame_total_im(res, label)
         report.calls[label] = _frame_calls(res)
         with stage("coverage"):
             report.coverage[label] = model_coverage(modules[label], plan, book, res)
     with stage("write"):
         if isinstance(rejects, pd.DataFrame):
-            atomic.write_parquet(rejects.reset_index(drop=True), run_dir / "rejects.parquet")
-            report.outputs["rejects.parquet"] = atomic.sha256_file(run_dir / "rejects.parquet")
+            write_parquet(rejects.reset_index(drop=True), run_dir / "rejects.parquet")
+            report.outputs["rejects.parquet"] = sha256_file(run_dir / "rejects.parquet")
     report.counts.update(_row_counts(loaded, book))
     man["coverage"] = report.coverage
     short = {k: v for k, v in report.coverage.items() if not v["complete"]}
@@ -477,15 +476,12 @@ def model_coverage(module, plan, book, res) -> dict:
     Returns ``{key, expected, covered, missing, extra, complete, missing_examples}``;
     ``extra`` counts output keys not in the expected set (reported, not an error).
     """
-    fn = getattr(module, "coverage", None)
-    want = fn(plan) if callable(fn) else pd.DataFrame({"account_id": np.asarray(book.accounts, dtype=object)})
+    want = module.coverage(plan)
     key = list(want.columns)
     df = res.tables.get("margin")
     if df is None or any(c not in df.columns for c in key):
         return {"key": key, "expected": None, "covered": 0, "missing": None, "extra": None, "complete": False,
                 "missing_examples": [], "error": f"margin table lacks the key column(s) {key}"}
-    if "level" in df.columns:  # models with summary rows (okx: risk units and accounts) cover by account rows
-        df = df[df["level"] == "account"]
     want = want.astype(str).drop_duplicates()
     got = df[key].astype(str).drop_duplicates()
     both = want.merge(got, on=key, how="outer", indicator=True)
@@ -537,8 +533,8 @@ def _finish(job, out, run_dir, man, report, stage, t_start):
         if run_dir is not None:
             manifest.write_manifest(run_dir, man)
         d = report.as_dict()
-        monitoring.write_metrics(d, run_dir, out / f"gpurisk_{_safe(job.name)}.prom")
-        last = out / f"last_run-{_safe(job.name)}.json"
+        monitoring.write_metrics(d, run_dir, out / f"gpurisk_{check_name(job.name, 'job name')}.prom")
+        last = out / f"last_run-{check_name(job.name, 'job name')}.json"
         previous = None
         if last.is_file():
             import json
@@ -550,13 +546,9 @@ def _finish(job, out, run_dir, man, report, stage, t_start):
         alerts = monitoring.check_alerts(d, previous, job.alerts)
         report.alerts = monitoring.raise_alerts(alerts, out, job.alerts)
         if report.status == "succeeded":
-            atomic.write_json(last, {k: d[k] for k in ("job", "run_id", "finished", "total_im", "calls", "counts")})
+            write_json({k: d[k] for k in ("job", "run_id", "finished", "total_im", "calls", "counts")}, last)
     except OSError as exc:
         log.error("could not write the run's manifest/metrics/alerts: %s", exc)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def format_summary(report: RunReport) -> str:

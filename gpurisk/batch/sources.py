@@ -6,24 +6,22 @@ Snapshots: ``[book] snapshots = DIR`` uses the last sub-folder of DIR in name or
 folders whose name ends in ``.tmp`` are ignored (a snapshot being written).
 
 Sample books are generated once per (accounts, seed, as_of) into
-``OUTPUT/.cache/sample-a<N>-s<S>[-<as_of>]-g<generator digest>/`` with ``gpurisk generate`` and reused.
+``OUTPUT/.cache/sample-a<N>-s<S>[-<as_of as fileio.path_name>]-g<generator digest>/`` with
+``gpurisk generate`` and reused. The as-of text is mapped, not checked: ``path_name`` keeps it
+readable and never lets two different as-of strings share a folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import logging
-import importlib
-import inspect
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..config import BookSource, JobConfig, ModelJob, ScenarioSpec
 from ..errors import BookError, ConfigError
+from ..fileio import check_name, make_temp_dir, path_name, write_text
 
 log = logging.getLogger("gpurisk.batch")
 
@@ -45,8 +43,8 @@ def sample_dir(out: Path, source: BookSource) -> Path:
     """Cache folder of a sample book, keyed by size, seed, as-of and the generator's code (a changed
     generator never reuses a book an older one wrote)."""
     s = source.sample
-    tag = f"sample-a{s.accounts}-s{s.seed}" + (f"-{_safe(s.as_of)}" if s.as_of else "") + f"-g{_generator_digest()}"
-    return Path(out) / ".cache" / tag
+    tag = f"sample-a{s.accounts}-s{s.seed}" + (f"-{path_name(s.as_of)}" if s.as_of else "") + f"-g{_generator_digest()}"
+    return Path(out) / ".cache" / check_name(tag, "sample book cache folder")
 
 
 def _generator_digest() -> str:
@@ -57,31 +55,24 @@ def _generator_digest() -> str:
     return hashlib.sha256(Path(generate.__file__).read_bytes()).hexdigest()[:10]
 
 
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
-
-
-def ensure_sample(out: Path, source: BookSource, generate_cli=None) -> Path:
+def ensure_sample(out: Path, source: BookSource) -> Path:
     """Generate the sample book into the cache (once; atomically by folder rename) and return its folder."""
+    from ..generate import generate_book
+    from ..io import TABLES, parse_as_of, write_book
+
     target = sample_dir(out, source)
     if (target / ".complete").is_file():
         return target
     s = source.sample
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = make_temp_dir(target)  # mode 0o777 less the umask, like the folder it becomes
     try:
-        argv = ["generate", "--accounts", str(s.accounts), "--seed", str(s.seed), "--out", str(tmp)]
-        if s.as_of:
-            argv += ["--as-of", s.as_of]
-        if generate_cli is None:
-            from ..cli import main as generate_cli
-        said = io.StringIO()
-        with contextlib.redirect_stdout(said):
-            rc = generate_cli(argv)
-        log.info("sample book: %s", " ".join(said.getvalue().split()).replace(str(tmp), str(target)))
-        if rc:
-            raise BookError(f"generating the sample book ({s.accounts} accounts, seed {s.seed}) failed with exit code {rc}")
-        (tmp / ".complete").write_text("ok\n")
+        as_of = parse_as_of(s.as_of, where="[book] sample.as_of") if s.as_of else None
+        g = generate_book(s.accounts, s.seed, as_of)
+        write_book(tmp, {k: g[k] for k in TABLES}, g["meta"])
+        log.info("sample book: %s accounts, %s positions, as_of %s -> %s", f"{s.accounts:,}",
+                 f"{len(g['positions']):,}", g["meta"]["as_of"], target)
+        write_text("ok\n", tmp / ".complete")
         if target.exists() and not (target / ".complete").is_file():  # an incomplete earlier attempt
             shutil.rmtree(target, ignore_errors=True)
         try:
@@ -95,7 +86,7 @@ def ensure_sample(out: Path, source: BookSource, generate_cli=None) -> Path:
     return target
 
 
-def book_folder(job: JobConfig, out: Path, generate_cli=None) -> Path:
+def book_folder(job: JobConfig, out: Path) -> Path:
     """The book folder (or file) this run reads."""
     src = job.book
     if src.path is not None:
@@ -104,7 +95,7 @@ def book_folder(job: JobConfig, out: Path, generate_cli=None) -> Path:
         return src.path
     if src.snapshots is not None:
         return latest_snapshot(src.snapshots)
-    return ensure_sample(out, src, generate_cli)
+    return ensure_sample(out, src)
 
 
 def book_files(path: Path) -> dict[str, Path]:
@@ -143,53 +134,34 @@ def model_params(module, mj: ModelJob, where: str):
     return override(params, dict(mj.params), f"{where}.params (model {mj.name!r})")
 
 
-#: generator name -> (module in gpurisk.scenarios, candidate function names)
-GENERATOR_FUNCTIONS = {
-    "grid": ("grid", ("generate", "exchange_grid")),
-    "span16": ("grid", ("span16", "span_grid")),
-    "historical": ("historical", ("generate", "historical_scenarios")),
-    "montecarlo": ("montecarlo", ("generate", "monte_carlo_scenarios")),
-    "stress": ("stress", ("generate", "named_stress")),
-}
-
-
 def scenario_set(spec: ScenarioSpec, as_of, where: str):
-    """One ScenarioSet from a file or a generator; ConfigError/ScenarioError on a bad request."""
+    """One ScenarioSet from a file or a registered generator (``as_of`` defaults to the book's)."""
     if spec.file is not None:
         if not spec.file.is_file():
             raise ConfigError(f"{where}.file: scenario file {spec.file} not found")
         from ..scenarios.io import read_scenarios
 
         return read_scenarios(str(spec.file))
-    mod_name, names = GENERATOR_FUNCTIONS[spec.generator]
-    try:
-        mod = importlib.import_module(f"gpurisk.scenarios.{mod_name}")
-    except ImportError:
-        mod = None
-    fn = next((getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)), None)
-    if fn is None:
-        raise ConfigError(f"{where}.generator: scenario generator {spec.generator!r} is not available")
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options.items()}
-    sig = inspect.signature(fn)
-    if "as_of" in sig.parameters and "as_of" not in kwargs:
-        kwargs["as_of"] = str(as_of)
-    try:
-        sig.bind(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {spec.generator} does not accept these options ({exc})") from None
-    return fn(**kwargs)
+    from ..scenarios import registry
+
+    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options.items()}
+    if registry.get(spec.generator).option("as_of") is not None:
+        opts.setdefault("as_of", str(as_of))
+    return registry.generate(spec.generator, opts, where=f"{where}.")
 
 
 def model_scenarios(mj: ModelJob, as_of, where: str):
-    """The model's scenario set (several are concatenated), or None for the model's default."""
+    """The model's scenarios: None (the model's own), one ScenarioSet (the ``user`` component), or
+    ``{component: ScenarioSet}`` when a set names another component; sets of one component are concatenated."""
     if not mj.scenarios:
         return None
-    sets = [scenario_set(s, as_of, f"{where}.scenarios[{i}]") for i, s in enumerate(mj.scenarios)]
-    if len(sets) == 1:
-        return sets[0]
     from ..scenarios import ScenarioSet
 
-    return ScenarioSet.concat(sets)
+    by: dict[str, list] = {}
+    for i, s in enumerate(mj.scenarios):
+        by.setdefault(s.component, []).append(scenario_set(s, as_of, f"{where}.scenarios[{i}]"))
+    sets = {c: v[0] if len(v) == 1 else ScenarioSet.concat(v) for c, v in by.items()}
+    return sets["user"] if list(sets) == ["user"] else sets
 
 
 def input_files(job: JobConfig, book_path: Path) -> dict[str, Path]:

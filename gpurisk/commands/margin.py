@@ -8,12 +8,9 @@ last (model figures, the book's rejects count, backend and GPU-fallback counts).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from ..errors import BookError, ConfigError
-
-_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+from ..errors import BookError
 
 
 def add_parser(subparsers):
@@ -24,7 +21,12 @@ def add_parser(subparsers):
     p.add_argument("book", help="book folder (see docs/data-format.md)")
     p.add_argument("--model", default="house", choices=sorted(MODELS), help="margin model (default house)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--scenarios", default=None, help="scenario file replacing the model's own set")
+    p.add_argument("--scenarios", default=None,
+                   help="scenario file replacing the model's own scenarios (house and measures only; the venue "
+                        "replicas use their venues' grids)")
+    p.add_argument("--component", default="user", choices=("historical", "montecarlo", "user", "stress"),
+                   help="house: which scenario component the file is (default user, measured by ES; stress: "
+                        "charged stress_factor × the worst loss)")
     p.add_argument("--params", default=None, help="model parameter file (TOML); default: the code defaults")
     p.add_argument("--backend", default="auto", choices=list(CHOICES), help="compute backend (default auto)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad book row instead of rejecting it")
@@ -43,10 +45,17 @@ def n_accounts(result) -> int:
 
 
 def run(args) -> int:
+    import numpy as np
+
     from .. import io
-    from ..margin import compute, get_model
+    from ..fileio import write_json, write_parquet
+    from ..margin import check_scenarios, compute, get_model
+    from ..margin.output import write_result
 
     mod = get_model(args.model)  # unknown / unavailable model fails before any reading
+    check_scenarios(args.model, args.scenarios)
+    if args.component != "user" and args.model != "house":
+        raise ConfigError(f"--component applies to the house model only (model {args.model!r} takes one set)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # before any work, not as a traceback at the first write
         raise BookError(f"{out}: --out must be a folder, and a file of that name exists")
@@ -57,15 +66,15 @@ def run(args) -> int:
         from ..scenarios.io import read_scenarios
 
         scenarios = read_scenarios(args.scenarios)
+        if args.component != "user":
+            scenarios = {args.component: scenarios}
     result = compute(loaded.book, model=args.model, params=params, scenarios=scenarios, backend=args.backend)
-    written = []
-    for name, df in result.tables.items():
-        if not _TABLE_NAME.match(name):
-            raise ConfigError(f"model {args.model} returned a table with a bad name {name!r}")
-        written.append(str(io.write_parquet(df, out / f"{name}.parquet").name))
+    as_of = str(np.datetime_as_string(loaded.book.as_of, unit="s")) + "Z"
+    written = list(write_result(result, out, {"command": "margin", "as_of": as_of, "params_file": args.params,
+                                              "scenarios_file": args.scenarios}))
     n_rejects = int(len(loaded.rejects))
     if n_rejects:
-        written.append(str(io.write_parquet(loaded.rejects, out / "rejects.parquet").name))
+        written.append(str(write_parquet(loaded.rejects, out / "rejects.parquet").name))
     summary = dict(result.summary)
     summary.update(
         {
@@ -76,10 +85,12 @@ def run(args) -> int:
             "backend_requested": args.backend,
             "params_file": args.params,
             "scenarios_file": args.scenarios,
+            "scenario_component": args.component if args.scenarios else None,
+            "as_of": as_of,
             "tables": written,
         }
     )
-    io.write_json(summary, out / "summary.json")
+    write_json(summary, out / "summary.json")
     print(
         f"margin ({args.model}, backend {summary.get('backend')}): {n_accounts(result)} "
         f"accounts, {n_rejects} rejects -> {out}"

@@ -150,8 +150,8 @@ def _long_daily_vol(coin: str, date: pd.Timestamp, days: int) -> tuple[float, in
     if len(r) < 2:
         raise KeyError(f"too little {coin} history before {date.date()}")
     used = int((close.index[-1] - close.index[0]).days)
-    if used < days - 1:
-        log.warning(
+    if used < days - 1:  # a standing property of the history, reported in the summary (apc.long_window_days)
+        log.info(
             "anti-procyclicality: %s history gives only %d of the %d days asked for before %s; "
             "the long-run vol uses what there is", coin, used, days, date.date(),
         )

@@ -208,7 +208,8 @@ def execute(plan: Plan, engine="auto") -> tuple[dict[str, TailStats], dict]:
         t = time.perf_counter()
         stats[name] = engine.tail_stats(leg.portfolios, cache[key], leg.spec)
         timings["tail_stats_s"] += time.perf_counter() - t
-    metrics = {"backend": engine.name, "gpu_fallbacks": engine.fallbacks, **timings}
+    metrics = {"backend": engine.name, "backends_used": sorted(set(engine.used)), "gpu_fallbacks": engine.fallbacks,
+               **timings}
     return stats, metrics
 
 
