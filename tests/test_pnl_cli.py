@@ -136,7 +136,7 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
     (["stress"], lambda s: s.n_scenarios == 8 and "USDT" in s.underlyings),
     (["historical", "--as-of", "2023-01-01", "--underlyings", "BTC,ETH", "--lookback-days", "50",
       "--no-stress-periods", "--horizon-days", "2"], lambda s: s.n_scenarios == 50 and s.horizon_days == 2),
-    (["montecarlo", "--as-of", "2024-01-01", "--n", "500", "--seed", "9", "--underlyings", "BTC,ETH",
+    (["montecarlo", "--as-of", "2024-01-01", "--n-scenarios", "500", "--seed", "9", "--underlyings", "BTC,ETH",
       "--distribution", "student_t"], lambda s: s.n_scenarios == 500 and s.seed == 9),
 ])
 def test_scenarios_command_writes_readable_files(tmp_path, capsys, argv, check):
@@ -169,9 +169,10 @@ def test_scenarios_command_matches_the_api(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["historical"], "--as-of"),
-    (["montecarlo", "--as-of", "not a date"], "--as-of"),
+    (["montecarlo", "--as-of", "not a date"], "as_of"),
     (["grid", "--price-range", "1.5"], "price_range"),
-    (["montecarlo", "--as-of", "2024-01-01", "--n", "0"], "n_scenarios"),
+    (["montecarlo", "--as-of", "2024-01-01", "--n-scenarios", "0"], "n_scenarios"),
+    (["historical", "--as-of", "2024-01-01", "--horizon-days", "1.5"], "whole number"),
     (["stress", "--only-definition"], "--definition"),
     (["stress", "--underlyings", "BTC,LUNA"], "LUNA"),
 ])

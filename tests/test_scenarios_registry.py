@@ -52,3 +52,12 @@ def test_bad_options_are_one_line_errors(kind, opts, match):
 def test_unknown_coin_is_a_clean_error():
     with pytest.raises(ScenarioError, match="DOT"):
         registry.generate("historical", {"as_of": "2024-06-01", "underlyings": ["DOT"]})
+
+
+def test_docs_list_every_option():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data-format.md").read_text(encoding="utf-8")
+    for g in registry.GENERATORS.values():
+        for o in g.options:
+            assert f"| `{g.name}` | `{o.name}` (`{o.flag}`) |" in text, f"docs/data-format.md lacks {g.name}.{o.name}"

@@ -12,6 +12,10 @@ Plausibility: a position or balance whose USD notional is above
 ``--max-notional-usd`` (default 1e12) is rejected (``implausible_notional``), and
 so is a mark outside [index / K, index × K] of its underlying's index
 (``--mark-band``, default 3; ``mark_off_index``). ``inf`` turns a check off.
+
+Coverage: venues of the book that the venue table (``--venues FILE``, default the built-in
+table: deribit, okx, binance) gives no methodology are listed as ``uncovered_venues`` (the
+venue model reports their pairs as ``uncovered``; the house model margins them as usual).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def add_parser(subparsers):
                    help="reject a position or balance whose USD notional is above this (default 1e12; inf: off)")
     p.add_argument("--mark-band", type=_number, default=None, metavar="K",
                    help="reject a mark outside [index / K, index × K] (default 3; inf: off)")
+    p.add_argument("--venues", default=None, metavar="FILE",
+                   help="venue table (TOML, as jobs/params/venues.toml) to check coverage against (default: built-in)")
     p.set_defaults(func=run)
     return p
 
@@ -70,8 +76,16 @@ def run(args) -> int:
         "max_notional_usd": DEFAULT_MAX_NOTIONAL_USD if args.max_notional_usd is None else args.max_notional_usd,
         "mark_band": DEFAULT_MARK_BAND if args.mark_band is None else args.mark_band,
     }
+    from ..margin import venue
+
+    table = venue.load_params(args.venues)
     loaded = load_book(args.book, strict=args.strict, **limits)
+    missing = list(venue.uncovered_venues(loaded.book, table))
+    loaded.summary["uncovered_venues"] = missing
     print(format_summary(loaded.summary))
+    if missing:
+        print(f"venues with no methodology in the venue table: {', '.join(missing)} "
+              "(the venue model marks their pairs 'uncovered'; add [venues.NAME] methodology = ...)")
     if out is not None:
         write_parquet(loaded.rejects, out / "rejects.parquet")
         write_json(loaded.summary, out / "summary.json")

@@ -215,7 +215,8 @@ def execute(plan: Plan, engine="auto") -> tuple[dict[str, TailStats], dict]:
 
 def finish(module, plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     """``module.finalize(plan, stats)``, checked against the output contract (MarginError on a bad figure)."""
-    result = module.finalize(plan, stats)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow becomes a non-finite figure, refused below
+        result = module.finalize(plan, stats)
     result.check()
     return result
 
