@@ -3,6 +3,10 @@
 The absolute tolerance near zero is 1e-12 times the largest magnitude of the
 reference array being compared, so values that cancel to ~0 are compared on
 the scale of the numbers they came from.
+
+``gpu-emulated`` is the GPU backend (its host code and ``kernels/*.cu``) with the kernels run on
+the CPU by ``backends.cuda_emu``; it runs wherever a C++ compiler exists, so the GPU logic is in
+the parity suite without a GPU. ``gpu`` is the same on a real device.
 """
 
 from __future__ import annotations
@@ -22,7 +26,48 @@ from gpurisk.scenarios import make_scenario_set
 RTOL = 1e-9
 
 
+class EmulatedGpu:
+    """The GPU backend with its kernels run by the CPU emulator (``backends.cuda_emu``)."""
+
+    name = "gpu-emulated"
+
+    def __init__(self, build_dir, seed: int = 0, **shape):
+        from gpurisk.backends import cuda_emu
+
+        self.device = cuda_emu.device(build_dir, seed=seed, **shape)
+
+    def revalue(self, pi, scenarios, numeraire="usd"):
+        from gpurisk.backends import gpu
+
+        return gpu.revalue(pi, scenarios, numeraire, device=self.device)
+
+    def tail_stats(self, portfolios, P, spec):
+        from gpurisk.backends import gpu
+
+        return gpu.tail_stats(portfolios, P, spec, device=self.device)
+
+
+_EMU_DIR: list = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _emulator_build_dir(tmp_path_factory):
+    """Where the emulated kernels are built (once per session)."""
+    _EMU_DIR[:] = [tmp_path_factory.mktemp("cuda_emu")]
+
+
+def emulated_gpu(seed: int = 0, **shape) -> EmulatedGpu:
+    from gpurisk.backends import cuda_emu
+
+    ok, why = cuda_emu.available()
+    if not ok:
+        pytest.skip(f"no emulated GPU: {why}")
+    return EmulatedGpu(_EMU_DIR[0], seed=seed, **shape)
+
+
 def _backend(name):
+    if name == "gpu-emulated":
+        return emulated_gpu()
     if name == "gpu":
         pytest.importorskip("cupy")
     from gpurisk.backends import get
@@ -30,7 +75,11 @@ def _backend(name):
     return get(name)
 
 
-BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+BACKENDS = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("gpu-emulated", id="gpu-emulated"),
+    pytest.param("gpu", id="gpu", marks=pytest.mark.gpu),
+]
 
 
 def assert_close(got, want, what=""):
@@ -257,6 +306,35 @@ def test_gpu_tail_stats_property(problem):
     gpu = _backend("gpu")
     P, pf, spec = problem
     assert_stats_equal(gpu.tail_stats(pf, P, spec), ref.tail_stats(pf, P, spec))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tail_problems())
+def test_gpu_emulated_tail_stats_property(problem):
+    P, pf, spec = problem
+    assert_stats_equal(emulated_gpu(seed=len(pf)).tail_stats(pf, P, spec), ref.tail_stats(pf, P, spec))
+
+
+def test_cpu_screen_tiles_chunks_and_paths_do_not_change_the_result(monkeypatch, case):
+    """The screened CPU path with tiny screen tiles (S = 1237: a partial last tile) and tiny chunks, and the
+    direct path, all give the reference's numbers."""
+    from gpurisk.backends import cpu
+
+    pi, sc, _ = case
+    P = ref.revalue(pi, sc, "usd")
+    pf = make_portfolios(np.random.default_rng(4), 97, len(pi))
+    S = sc.n_scenarios
+    for spec in (SPECS["levels"](S, None), SPECS["weighted_ewma"](S, np.random.default_rng(2)),
+                 SPECS["half_profit"](S, np.random.default_rng(3))):
+        want = ref.tail_stats(pf, P, spec)
+        for tile_cols, screen_on in ((50, True), (333, True), (None, False)):
+            monkeypatch.setattr(cpu, "SCREEN", screen_on)
+            monkeypatch.setattr(cpu, "SCREEN_MIN_POSITIONS_PER_ROW", 0.0)
+            if tile_cols:
+                monkeypatch.setattr(cpu, "SCREEN_TILE_BYTES", 2 * len(pi) * tile_cols)
+            monkeypatch.setattr(cpu, "STATE_BYTES", 40 * 1000)  # a few portfolios per chunk
+            assert_stats_equal(cpu.tail_stats(pf, P, spec), want)
+            monkeypatch.undo()
 
 
 def test_cpu_misleading_sample_floor_is_redone_exactly():

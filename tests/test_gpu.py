@@ -1,6 +1,7 @@
-"""The GPU backend: launch geometry, host-side checks, the device cache and a NumPy
-emulation of the tail kernel's selection (everywhere); device behaviour (only where a
-CUDA device exists)."""
+"""The GPU backend: launch geometry, host-side checks, the device cache, and its kernels run by the
+CPU emulator (``backends.cuda_emu``, everywhere a C++ compiler exists): thread-order independence,
+the global-memory and spill paths, weighted tails that outgrow the first guess, and the emulator's
+own detection of racy and divergent kernels. Device behaviour only where a CUDA device exists."""
 
 from __future__ import annotations
 
@@ -16,38 +17,37 @@ from gpurisk.backends.base import tail_candidates
 from gpurisk.book import Portfolios
 
 
-def test_launch_shape_uses_shared_memory_when_the_losses_fit():
-    grid, cap, use_shared, smem = gpu_mod.launch_shape(10_000, 4096, False, 41, sm_count=132)
-    assert use_shared and cap == 0 and smem == 4096 * 8 <= gpu_mod.DYNAMIC_SMEM
+def test_launch_shape_keeps_losses_and_candidates_in_shared_memory_when_they_fit():
+    grid, cap, y_sh, smem = gpu_mod.launch_shape(10_000, 4096, 41, sm_count=132)
+    assert y_sh and cap == 256 and smem == 12 * cap + 4 * 4096 <= gpu_mod.DYNAMIC_SMEM
     assert grid == 8 * 132
+    grid, cap, y_sh, smem = gpu_mod.launch_shape(5, 1000, 300, sm_count=132)
+    assert grid == 5 and cap == 1024 and y_sh and smem <= gpu_mod.DYNAMIC_SMEM
 
 
-def test_launch_shape_falls_back_to_global_scratch_for_large_s():
-    n_s = 100_000
-    grid, cap, use_shared, smem = gpu_mod.launch_shape(1_000_000, n_s, False, 1000, sm_count=132)
-    assert not use_shared and smem == 0
-    assert grid * n_s * 8 <= gpu_mod.SCRATCH_BYTES
+def test_launch_shape_moves_losses_to_global_rows_for_large_s():
+    grid, cap, y_sh, smem = gpu_mod.launch_shape(1_000_000, 100_000, 1000, sm_count=132)
+    assert not y_sh and cap >= 256 and smem == 12 * cap <= gpu_mod.DYNAMIC_SMEM
+    budget = 227 * 1024 - 9 * 1024  # an H100's opt-in budget less the static arrays
+    grid, cap, y_sh, smem = gpu_mod.launch_shape(1000, 20_000, 200, sm_count=132, smem_budget=budget)
+    assert y_sh and cap == 512 and smem == 12 * cap + 4 * 20_000 <= budget
 
 
-def test_launch_shape_weighted_candidates():
-    """The kernel keeps exactly m candidates (ties cut in scenario order), so cap = next power of two >= m."""
-    grid, cap, use_shared, smem = gpu_mod.launch_shape(5, 1000, True, 300, sm_count=132)
-    assert grid == 5 and cap == 512 and smem == 1000 * 8 + cap * 12 and use_shared
-    assert smem <= gpu_mod.DYNAMIC_SMEM
-    assert gpu_mod.launch_shape(5, 1000, True, 1, sm_count=132)[1] == 1
-    assert gpu_mod.launch_shape(5, 100_000, True, gpu_mod.MAX_CANDIDATES)[1] == gpu_mod.MAX_CANDIDATES
-    with pytest.raises(gpu_mod.GpuLimitError):
-        gpu_mod.launch_shape(5, 100_000, True, gpu_mod.MAX_CANDIDATES + 1)
+def test_spill_shape_holds_every_scenario_within_the_scratch_bound():
+    for n_s in (1, 1237, 10_000, 100_000, 2_000_000):
+        grid, cap, y_sh, smem = gpu_mod.spill_shape(10**6, n_s, sm_count=132)
+        assert cap >= n_s and grid >= 1
+        assert grid == 1 or grid * (12 * cap + (0 if y_sh else 4 * n_s)) <= gpu_mod.SCRATCH_BYTES
 
 
-def test_launch_shape_uses_the_opted_in_shared_memory_budget():
-    n_s = 20_000  # 160 KB of losses: global scratch by default, shared memory with an H100's opt-in budget
-    assert not gpu_mod.launch_shape(1000, n_s, False, 200)[2]
-    budget = 227 * 1024 - 5 * 1024
-    grid, cap, use_shared, smem = gpu_mod.launch_shape(1000, n_s, False, 200, sm_count=132, smem_budget=budget)
-    assert use_shared and smem == n_s * 8 <= budget and grid == 1000
-    grid, cap, use_shared, smem = gpu_mod.launch_shape(1000, n_s, True, 2000, sm_count=132, smem_budget=budget)
-    assert use_shared and cap == 2048 and smem == n_s * 8 + cap * 12 <= budget
+def test_weighted_first_guess_is_within_the_safe_bound():
+    S = 10_000
+    w = 0.97 ** np.arange(S)[::-1]  # EWMA: the safe bound is nearly every scenario
+    spec = MeasureSpec((0.99, 0.975), weight=w)
+    _, m_safe, _, _ = tail_candidates(spec, S)
+    assert m_safe > 9000
+    assert gpu_mod.weighted_first_guess(spec, S, m_safe) == 2 * 250 + 64
+    assert gpu_mod.weighted_first_guess(MeasureSpec((0.5,), weight=np.ones(10)), 10, 7) == 7
 
 
 def test_tail_candidates_bound_contains_the_weighted_tail():
@@ -116,106 +116,6 @@ def test_only_read_only_host_p_is_cacheable():
     assert not gpu_mod._read_only(np.arange(6.0).reshape(2, 3))  # a view of a writeable array
 
 
-# ---- a NumPy emulation of kernels/tail_stats.cu's selection ----
-
-
-def _key(x):
-    u = np.asarray(x, np.float64).view(np.uint64)
-    return np.where(u >> np.uint64(63) == 1, ~u, u | np.uint64(1 << 63))
-
-
-def _unkey(k):
-    k = np.uint64(k)
-    u = (k & np.uint64(0x7FFFFFFFFFFFFFFF)) if k >> np.uint64(63) else ~k
-    return float(np.array([u], np.uint64).view(np.float64)[0])
-
-
-def _radix_select(x, k):
-    """(key of the k-th largest, count strictly above): 8 passes of 8 bits, digit by the block scan."""
-    keys = _key(x)
-    prefix, mask, left = np.uint64(0), np.uint64(0), k
-    for shift in range(56, -1, -8):
-        sel = keys[(keys & mask) == prefix]
-        hist = np.bincount(((sel >> np.uint64(shift)) & np.uint64(255)).astype(np.int64), minlength=256)
-        cnt = hist[::-1]  # thread t holds digit 255 - t
-        incl = np.cumsum(cnt)
-        excl = incl - cnt
-        (t,) = np.nonzero((excl < left) & (left <= incl))
-        assert len(t) == 1  # exactly one thread writes the digit
-        prefix |= np.uint64(255 - int(t[0])) << np.uint64(shift)
-        left -= int(excl[t[0]])
-        mask |= np.uint64(255) << np.uint64(shift)
-    return prefix, k - left
-
-
-def _kernel_weighted(x, w, targets, m, tpb=gpu_mod.THREADS):
-    """VaR / ES per target as the kernel's weighted path computes them (status 2 -> None)."""
-    thr, above = _radix_select(x, m)
-    keys = _key(x)
-    cand = list(np.nonzero(keys > thr)[0])
-    assert len(cand) == above
-    need, taken = m - above, 0
-    for b0 in range(0, len(x), tpb):  # block-ordered compaction of the ties (ballot / popc)
-        if taken >= need:
-            break
-        ties = [s for s in range(b0, min(b0 + tpb, len(x))) if keys[s] == thr]
-        cand += [s for before, s in enumerate(ties) if taken + before < need]
-        taken += len(ties)
-    assert len(cand) == m
-    order = sorted(cand, key=lambda s: (-x[s], s))  # the bitonic sort's order
-    out = []
-    for tg in targets:
-        cw = cwx = 0.0
-        for r, s in enumerate(order):
-            cw += w[s]
-            cwx += w[s] * x[s]
-            if cw >= tg:
-                break
-        else:
-            if m < len(x):
-                return None
-        out.append((x[order[r]], cwx / cw))
-    return out
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_emulated_weighted_selection_matches_the_reference_with_many_ties(seed):
-    """Ties at the threshold (flat portfolios, intrinsic-priced options, grids) are cut in scenario order."""
-    rng = np.random.default_rng(seed)
-    for t in range(40):
-        S = int(rng.integers(2, 1500))
-        kind = t % 4
-        if kind == 0:
-            x = np.zeros(S)  # a flat or empty portfolio: every scenario ties
-        elif kind == 1:
-            x = rng.choice([0.0, 1.0, 2.0, -1.0], S)
-        elif kind == 2:
-            x = np.where(rng.uniform(size=S) < 0.8, 3.5, rng.normal(size=S))
-        else:
-            x = np.round(rng.normal(size=S), 1)
-        x = x + 0.0
-        w = rng.uniform(0, 1, S) ** 2 + (1e-3 if t % 3 else 0.0)
-        spec = MeasureSpec((0.99, 0.9, 0.5), weight=w)
-        weighted, m, _, targets = tail_candidates(spec, S)
-        got = _kernel_weighted(x, w, targets, m)
-        assert got is not None
-        want = ref.tail_of_block(-x[None, :], spec)
-        for j, (var, es) in enumerate(got):
-            assert var == want.var[0, j] and es == want.es[0, j]
-
-
-def test_emulated_radix_select_finds_the_kth_largest():
-    rng = np.random.default_rng(7)
-    special = [0.0, 1e-300, -1e-300, 5e-324, -5e-324, np.inf, -np.inf, 1.0]
-    for t in range(200):
-        S = int(rng.integers(1, 600))
-        x = (rng.choice(special, S) if t % 2 else rng.integers(-3, 4, S).astype(float)) + 0.0
-        k = int(rng.integers(1, S + 1))
-        kth, above = _radix_select(x, k)
-        xs = np.sort(x)[::-1]
-        assert _unkey(kth) == xs[k - 1] and above == int((x > xs[k - 1]).sum())
-
-
 # ---- on a device ----
 
 
@@ -254,13 +154,12 @@ def test_revalue_keeps_its_device_copy_for_tail_stats(gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("S, shared", [(9001, True), (40_001, False)], ids=["opted-in-shared", "global-scratch"])
-def test_large_s_paths(gpu, S, shared):
-    """Past 48 KiB the kernel uses the opted-in shared memory; past that budget, global scratch rows."""
-    import cupy as cp
-
-    _, sm, budget = gpu._tail_kernel(cp)
-    assert gpu.launch_shape(40, S, True, 2048, sm, budget)[2] == shared
+@pytest.mark.parametrize("S", [9001, 40_001], ids=["losses-in-shared", "losses-in-global-rows"])
+def test_large_s_paths(gpu, S):
+    """9,001 screened losses fit the opted-in shared memory; 40,001 go to per-block global rows."""
+    dev = gpu._device()
+    y_sh = gpu.launch_shape(40, S, 200, dev.sm_count, dev.smem_budget)[2]
+    assert y_sh == (S == 9001)
     pi, sc, pf = _case(S=S, n_port=40)
     P = ref.revalue(pi, sc, "usd")
     for spec in (MeasureSpec((0.99, 0.999)), MeasureSpec((0.99,), weight=np.linspace(1.0, 2.0, S))):
@@ -304,15 +203,175 @@ def test_nan_pnl_raises_non_finite(gpu):
 
 
 @pytest.mark.gpu
-def test_too_many_weighted_candidates_fall_back_to_cpu(gpu):
+def test_weighted_tails_needing_thousands_of_candidates_stay_on_the_gpu(gpu):
+    """No candidate limit: a median of 5,000 weighted scenarios and an EWMA set stay on the GPU."""
     from gpurisk.backends import Engine
 
     pi, sc, pf = _case(S=5000, n_port=10)
     P = ref.revalue(pi, sc, "usd")
-    spec = MeasureSpec((0.5,), weight=np.ones(5000))  # the tail needs ~2500 candidates
-    with pytest.raises(gpu_mod.GpuLimitError):
-        gpu.tail_stats(pf, P, spec)
-    eng = Engine("gpu")
-    got = eng.tail_stats(pf, P, spec)
-    assert eng.fallbacks == 1 and eng.used == ["cpu"]
-    np.testing.assert_allclose(got.es, ref.tail_stats(pf, P, spec).es, rtol=1e-9)
+    for spec in (MeasureSpec((0.5,), weight=np.ones(5000) + np.arange(5000) % 3),
+                 MeasureSpec((0.99, 0.975), weight=0.97 ** np.arange(5000)[::-1])):
+        eng = Engine("gpu")
+        got = eng.tail_stats(pf, P, spec)
+        assert eng.fallbacks == 0 and eng.used == ["gpu"]
+        want = ref.tail_stats(pf, P, spec)
+        np.testing.assert_allclose(got.es, want.es, rtol=1e-9)
+        np.testing.assert_array_equal(got.worst_scenario, want.worst_scenario)
+
+
+@pytest.mark.gpu
+def test_release_frees_the_cache_and_the_pools(gpu):
+    import cupy as cp
+
+    pi, sc, pf = _case(S=300, n_port=20)
+    P = gpu.revalue(pi, sc, "usd")
+    gpu.tail_stats(pf, P, MeasureSpec((0.99,)))
+    assert len(gpu._cache) > 0
+    gpu.release()
+    assert len(gpu._cache) == 0 and cp.get_default_memory_pool().used_bytes() == 0
+
+
+# ---- the kernels under the CPU emulator (no GPU needed) ----
+
+
+@pytest.fixture(scope="module")
+def emu_dir(tmp_path_factory):
+    from gpurisk.backends import cuda_emu
+
+    ok, why = cuda_emu.available()
+    if not ok:
+        pytest.skip(f"no C++ compiler for the emulated kernels: {why}")
+    d = tmp_path_factory.mktemp("emu")
+    cuda_emu.build(d)
+    return d
+
+
+def _emu(emu_dir, **kw):
+    from gpurisk.backends import cuda_emu
+
+    return cuda_emu.device(emu_dir, **kw)
+
+
+def _assert_same(got, want):
+    for name in ("worst", "var", "es"):
+        w = getattr(want, name)
+        np.testing.assert_allclose(getattr(got, name), w, rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(w).max())))
+    np.testing.assert_array_equal(got.worst_scenario, want.worst_scenario)
+
+
+def test_emulated_results_do_not_depend_on_thread_order(emu_dir):
+    """Blocks and threads run in a different random order under each seed: bit-identical results."""
+    pi, sc, pf = _case(S=701, n_port=40, seed=3)
+    P = ref.revalue(pi, sc, "usd")
+    spec = MeasureSpec((0.5, 0.9, 0.99), pnl_factor=np.where(np.arange(701) % 3 == 0, 0.5, 1.0), profit_factor=0.5)
+    runs = [gpu_mod.tail_stats(pf, P, spec, device=_emu(emu_dir, seed=seed)) for seed in (1, 2, 3)]
+    for r in runs[1:]:
+        for name in ("worst", "worst_scenario", "var", "es"):
+            np.testing.assert_array_equal(getattr(r, name), getattr(runs[0], name))
+    _assert_same(runs[0], ref.tail_stats(pf, P, spec))
+
+
+def test_emulated_global_rows_and_spill_pass(emu_dir):
+    """A small shared-memory budget puts the screened losses in global rows and sends tie-heavy portfolios
+    (more candidates than the shared buffer holds) to the spill launch: same results as the reference."""
+    rng = np.random.default_rng(4)
+    S = 1500
+    P = rng.integers(-2, 3, (12, S)).astype(np.float64)  # integer P&L: large tie groups at every cut
+    P[3] = 0.0  # a flat row: every scenario ties
+    pf = Portfolios(np.array([0, 0, 1, 3, 6, 10], np.int64), np.array([3, 0, 1, 2, 4, 5, 6, 7, 8, 9], np.int32),
+                    np.array([2.0, 1.0, -1.0, 1.0, 0.5, -2.0, 1.0, 1.0, -1.0, 3.0]), np.arange(5, dtype=np.int32))
+    dev = _emu(emu_dir, smem_budget=4 * 1024)
+    for spec in (MeasureSpec((0.99, 0.9)), MeasureSpec((0.95,), weight=0.99 ** np.arange(S)[::-1])):
+        _assert_same(gpu_mod.tail_stats(pf, P, spec, device=dev), ref.tail_stats(pf, P, spec))
+    kinds = [(fn, grid) for fn, grid, _ in dev.launches if fn == "tail_stats"]
+    assert len(kinds) >= 3  # a first launch and a spill launch at least once
+    assert not gpu_mod.launch_shape(5, S, 150, dev.sm_count, dev.smem_budget)[2]  # losses in global rows
+
+
+def test_emulated_weighted_tail_beyond_the_first_guess(emu_dir):
+    """The largest losses in the lightest (oldest) scenarios: the tail needs far more candidates than the
+    first guess, so the kernel grows its candidate count until every level's weight is reached."""
+    S = 3000
+    w = 0.97 ** np.arange(S)[::-1]  # scenario 0 is the oldest, lightest
+    P = np.linspace(10.0, -10.0, S)[None, :] + 0.01 * np.sin(np.arange(S))[None, :]  # losses of a short fall with age
+    pf = Portfolios(np.array([0, 1], np.int64), np.array([0], np.int32), np.array([-1.0]), np.zeros(1, np.int32))
+    spec = MeasureSpec((0.99, 0.9), weight=w)
+    weighted, m_safe, _, targets = tail_candidates(spec, S)
+    x = -(-P[0])
+    order = np.argsort(-x, kind="stable")
+    need = int(np.argmax(np.cumsum(w[order]) >= targets.min())) + 1
+    assert need > 4 * gpu_mod.weighted_first_guess(spec, S, m_safe)  # at least two growth steps
+    _assert_same(gpu_mod.tail_stats(pf, P, spec, device=_emu(emu_dir)), ref.tail_stats(pf, P, spec))
+
+
+def test_emulated_nan_is_non_finite_and_edge_inputs(emu_dir):
+    from gpurisk.backends import NonFinitePnL
+
+    dev = _emu(emu_dir)
+    P = np.zeros((2, 50))
+    P[1, 7] = np.nan
+    with pytest.raises(NonFinitePnL):
+        gpu_mod.tail_stats(_one_portfolio(), P, MeasureSpec((0.99,)), device=dev)
+    # −0.0 and +0.0 losses, an odd S, one scenario, rows too large or too small to screen
+    P = np.array([[-0.0, 0.0, -0.0, 1.0, -1.0], [0.0, -0.0, 0.0, -0.0, 0.0], [1e300, -1e300, 0.0, 1e299, 5.0],
+                  [1e-310, -1e-310, 2e-310, 0.0, -3e-310]])
+    pf = Portfolios(np.array([0, 1, 2, 3, 4, 6], np.int64), np.array([1, 0, 2, 3, 0, 1], np.int32),
+                    np.array([1.0, -1.0, 1e-5, 1.0, 2.0, -3.0]), np.arange(5, dtype=np.int32))
+    for spec in (MeasureSpec((0.5, 0.8)), MeasureSpec((0.5,), weight=np.array([1.0, 0.0, 2.0, 1.0, 1.0]))):
+        _assert_same(gpu_mod.tail_stats(pf, P, spec, device=dev), ref.tail_stats(pf, P, spec))
+        one = spec if spec.weight is None else MeasureSpec(spec.levels, weight=spec.weight[:1])  # one scenario
+        _assert_same(gpu_mod.tail_stats(pf, P[:, :1], one, device=dev), ref.tail_stats(pf, P[:, :1], one))
+
+
+_RACY = r"""
+#define GR_EMULATE 1
+#include "cuda_emu.h"
+extern "C" __global__ void racy(int* out)
+{
+    __shared__ int v;
+    if (threadIdx.x == 0) { v = 1; }
+    if (threadIdx.x == 5) { v = 2; }
+    __syncthreads();
+    out[threadIdx.x] = v;             // read after the barrier, but ...
+    if (threadIdx.x == 7) { v = 3; }  // ... thread 7 writes with no barrier between the others' reads
+    out[threadIdx.x] += 10 * v;
+}
+extern "C" __global__ void divergent(int* out)
+{
+    if (threadIdx.x < 32) { __syncthreads(); }
+    out[threadIdx.x] = 1;
+}
+extern "C" const char* run(int which, int* out, unsigned long long seed)
+{
+    static std::string err;
+    void* args[] = {&out};
+    err = which == 0 ? gr_emu::launch(racy, 1, 64, 0, args, seed) : gr_emu::launch(divergent, 1, 64, 0, args, seed);
+    return err.c_str();
+}
+"""
+
+
+def test_the_emulator_exposes_races_and_divergent_barriers(emu_dir, tmp_path):
+    """The harness can fail: a shared-memory race gives seed-dependent results, a barrier inside a branch an error."""
+    import ctypes
+    import subprocess
+
+    from gpurisk.backends import cuda_emu
+
+    src = tmp_path / "bad_kernels.cpp"
+    src.write_text(_RACY)
+    lib = tmp_path / "bad_kernels.so"
+    cmd = [cuda_emu.compiler(), *cuda_emu.CXXFLAGS, f"-I{gpu_mod.kernel_dir() / 'emu'}", "-o", str(lib), str(src)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    dll = ctypes.CDLL(str(lib))
+    dll.run.restype = ctypes.c_char_p
+    dll.run.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_ulonglong]
+    seen = set()
+    for seed in range(12):
+        out = (ctypes.c_int * 64)()
+        assert dll.run(0, out, seed) == b""
+        seen.add(tuple(out))
+    assert len(seen) > 1  # the unsynchronised read differs with the thread order
+    out = (ctypes.c_int * 64)()
+    err = dll.run(1, out, 0)
+    assert b"cannot proceed" in err and b"__syncthreads" in err

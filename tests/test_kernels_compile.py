@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 
-from gpurisk.backends.gpu import NVRTC_OPTIONS, kernel_dir
+from gpurisk.backends.gpu import MODULES, NVRTC_OPTIONS, kernel_dir
 
 KERNELS = sorted(kernel_dir().glob("*.cu"))
 #: entry points the Python side launches, per source file
-ENTRIES = {"revalue.cu": ("instrument_base", "revalue_pnl"), "tail_stats.cu": ("tail_stats",)}
+ENTRIES = {f"{module}.cu": fns for module, fns in MODULES.items()}
 
 
 def test_kernel_sources_ship_with_the_package():

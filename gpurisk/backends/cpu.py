@@ -7,7 +7,16 @@ exactly as SciPy's ``ndtr`` does.
 
 ``tail_stats`` fuses the sparse aggregation L[p, s] = Σ_j q_j·P[i_j, s] over the
 CSR portfolios with the tail reduction and never forms the accounts × scenarios
-matrix:
+matrix. By default it goes through the exact int16 screen (``backends.screen``,
+``_screened_kernel``): P's rows are quantised once to int16 (``quantize``, tile-major),
+each portfolio's float32 screened losses y are formed tile by tile from them (2 bytes
+per position-scenario instead of 8), the (y, scenario) pairs that can reach the tail
+are kept (θ from a strided sample, raised to (m-th largest y kept) − 2b as the
+buffer fills), and at the end only the band y ≥ y_(m) − 2b (about m scenarios) is
+recomputed in float64 from P, rows outer so the loads overlap, with the same
+products and sums as below; a portfolio the screen may not be used for, or whose
+sample threshold turned out too high, goes through the direct kernel. The direct
+kernel (``_tail_kernel``, also used for small books, ``SCREEN_MIN_POSITIONS_PER_ROW``):
 
 * the scenario axis is cut into tiles of T columns so that the tile P[:, tile]
   (I·T·8 bytes, I·T·4 with float32 storage) stays in the shared L3 cache while every portfolio of a chunk
@@ -43,7 +52,8 @@ sum is still float64. Its results differ from float64 ones by at most
 ``float32_error_bound``; it is never the default for margin numbers.
 
 Scratch: T doubles per thread and 2m (loss, scenario) pairs per portfolio of the
-current chunk; chunks are sized so that this state stays under ``STATE_BYTES``.
+current chunk (screened: 2m + 64 (float32, int32) pairs); chunks are sized so that this
+state stays under ``STATE_BYTES``.
 Inputs are cast to one dtype set (int64 indices, float64 values; P float64 or, in
 the float32 mode, float32) so each kernel compiles once per P dtype (``cache=True``
 keeps the machine code between runs).
@@ -57,6 +67,7 @@ import os
 import numpy as np
 
 from ..pricing import DAYS_PER_YEAR, NUMERAIRE_CODES, NUMERAIRE_SETTLEMENT, PricingInputs
+from . import screen
 from .base import MeasureSpec, TailStats, check_portfolios, check_underlyings, tail_candidates
 
 name = "cpu"
@@ -73,6 +84,12 @@ SAMPLE_STRIDE = 16
 SAMPLE_MARGIN = 2.0
 #: sample ranks up to this use a running top r (≈ r·ln(n/r) replacements of r compares); larger ones a quickselect
 TOP_R_MAX = 32
+#: the exact int16 screen (backends.screen): on, and used when the book has at least this many positions per row of P
+#: (quantising P costs one pass over it; screening saves most of the bytes every position streams)
+SCREEN = True
+SCREEN_MIN_POSITIONS_PER_ROW = 0.5
+#: bytes of the int16 tile of Q (all rows) that every portfolio of a block screens before the next one
+SCREEN_TILE_BYTES = 16 << 20
 
 try:  # numba is a hard dependency, but the backend still reports cleanly without it
     import numba
@@ -84,6 +101,32 @@ except ImportError as exc:  # pragma: no cover - exercised only without numba
     _IMPORT_ERROR = exc
 
 
+if numba is not None:
+    from llvmlite import ir as _llir
+    from numba.core import cgutils as _cgutils
+    from numba.core import types as _nbtypes
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _prefetch2(typingctx, arr, i, j):
+        """Ask the CPU to start loading arr[i, j] into its caches (``llvm.prefetch``; no bounds check, no fault)."""
+        sig = _nbtypes.void(arr, i, j)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            idx = [context.cast(builder, a, t, _nbtypes.intp) for a, t in zip(args[1:], signature.args[1:])]
+            ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+            i8p = _llir.IntType(8).as_pointer()
+            i32 = _llir.IntType(32)
+            fnty = _llir.FunctionType(_llir.VoidType(), [i8p, i32, i32, i32])
+            fn = _cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])  # write, keep, data
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
 def available():
     if numba is None:
         return False, f"numba cannot be imported ({_IMPORT_ERROR})"
@@ -92,6 +135,13 @@ def available():
 
 if numba is not None:
     _SQRT1_2 = 0.7071067811865476
+    _QMAX = float(screen.QMAX)
+    #: bit index of a 64-bit word's single set bit: _DEBRUIJN64[(bit · magic) >> 58]
+    _DEBRUIJN_MAGIC = np.uint64(0x03F79D71B4CB0A89)
+    _DEBRUIJN64 = np.zeros(64, dtype=np.int64)
+    for _b in range(64):
+        _DEBRUIJN64[((1 << _b) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58] = _b
+    _TINY_ROW = screen.TINY_ROW
     _OPT, _SPOT, _INV = 3, 0, 1
     _VOL_ABS, _VOL_TERM = 1, 2
 
@@ -387,6 +437,64 @@ if numba is not None:
                         fl = cxp[_lowest(cxp, cip, m)]
         return n, fl
 
+    @njit(cache=True, fastmath=False)
+    def _read_off(cxp, cip, n, m, weighted, ks, weight, targets, worst, worst_s, var, es, p):
+        """worst / VaR / ES of row p from its n candidates (loss, scenario), n ≥ m when any loss was admissible."""
+        n_lev = var.shape[1]
+        if n == 0:  # no admissible loss (all NaN): say so rather than read uninitialised scratch
+            worst[p] = np.nan
+            worst_s[p] = -1
+            for lv in range(n_lev):
+                var[p, lv] = np.nan
+                es[p, lv] = np.nan
+            return
+        if n > m:
+            _keep_top(cxp, cip, n, m)
+            n = m
+        if not weighted and n_lev == 1:
+            # one level, m = k: VaR is the lowest-ranked candidate, ES their mean; no sort
+            best = 0
+            low = 0
+            acc = 0.0
+            for r in range(n):
+                acc += cxp[r]
+                if _below(cxp[best], cip[best], cxp[r], cip[r]):
+                    best = r
+                if _below(cxp[r], cip[r], cxp[low], cip[low]):
+                    low = r
+            worst[p] = cxp[best]
+            worst_s[p] = int(cip[best])
+            var[p, 0] = cxp[low]
+            es[p, 0] = acc / ks[0]
+            return
+        _sort_best_first(cxp, cip, n)
+        worst[p] = cxp[0]
+        worst_s[p] = int(cip[0])
+        if not weighted:
+            for lv in range(n_lev):
+                k = ks[lv]
+                acc = 0.0
+                for r in range(k):
+                    acc += cxp[r]
+                var[p, lv] = cxp[k - 1]
+                es[p, lv] = acc / k
+        else:
+            for lv in range(n_lev):
+                cw = 0.0
+                cwx = 0.0
+                r = 0
+                while r < n:
+                    wr = weight[int(cip[r])]
+                    cw += wr
+                    cwx += wr * cxp[r]
+                    if cw >= targets[lv]:
+                        break
+                    r += 1
+                if r == n:
+                    r = n - 1
+                var[p, lv] = cxp[r]
+                es[p, lv] = cwx / cw
+
     @njit(cache=True, fastmath=False, parallel=True)
     def _tail_kernel(indptr, idx, qty, P, lo, hi, tile, m, pnl_factor, profit_factor,
                      weighted, ks, weight, targets, n_blocks, P_sample, pnl_sample, rank,
@@ -403,7 +511,6 @@ if numba is not None:
         """
         n_s = P.shape[1]
         n_p = hi - lo
-        n_lev = var.shape[1]
         cap = 2 * m
         n_samp = P_sample.shape[1]
         # (loss, scenario) pairs side by side, so one written cache line holds both halves of an entry;
@@ -441,62 +548,262 @@ if numba is not None:
                     fill[p] = n
             # order each portfolio's candidates best-first and read off the statistics
             for p in range(p0, p1):
-                cxp = cand[p, 0::2]
-                cip = cand[p, 1::2]
+                _read_off(cand[p, 0::2], cand[p, 1::2], fill[p], m, weighted, ks, weight, targets,
+                          worst, worst_s, var, es, p)
+
+    # ---- the exact int16 screen (backends.screen): screened float32 losses decide which losses are computed ----
+
+    @njit(cache=True, fastmath=False, parallel=True)
+    def _row_max_bits(Pbits, sign_mask, out):
+        """out[i] = max_s (Pbits[i, s] & ~sign): the bit pattern of max_s |P_is| (an integer max vectorises;
+        a NaN or ±inf shows as a pattern at or above the infinity's)."""
+        n_ins, n_s = Pbits.shape
+        keep = ~sign_mask
+        for i in prange(n_ins):
+            mx = Pbits[i, 0] & keep if n_s else sign_mask & 0
+            for s in range(n_s):
+                mx = max(mx, Pbits[i, s] & keep)
+            out[i] = mx
+
+    @njit(cache=True, fastmath=False, parallel=True)
+    def _quantize_kernel(P, r, Qt, stride, Q_sample):
+        """Qt[t, i, u] = rint(P[i, t·T + u] · r_i) as int16, tile-major and zero-padded (r_i = 1/σ_i, or 0 for
+        a row left unquantised); every stride-th column also into Q_sample."""
+        n_ins, n_s = P.shape
+        n_tiles, _, tile = Qt.shape
+        for i in prange(n_ins):
+            ri = r[i]
+            for t in range(n_tiles):
+                t0 = t * tile
+                nt = min(tile, n_s - t0)
+                out = Qt[t, i]
+                row = P[i, t0:t0 + nt]
+                if ri == 0.0:
+                    for u in range(tile):
+                        out[u] = 0
+                    continue
+                for u in range(nt):
+                    out[u] = np.int16(np.rint(np.float64(row[u]) * ri))
+                for u in range(nt, tile):
+                    out[u] = 0
+            for u in range(Q_sample.shape[1]):
+                Q_sample[i, u] = Qt[(u * stride) // tile, i, (u * stride) % tile]
+
+    @njit(cache=True, fastmath=False, inline="always")
+    def _screen_losses(indptr, idx, c32, Q, p, t0, t1, f32_t, pf32, buf):
+        """buf[:t1−t0] (float32) = screened counted losses of portfolio p over columns [t0, t1) of the int16 rows Q."""
+        nt = t1 - t0
+        j0 = indptr[p]
+        j1 = indptr[p + 1]
+        if j0 == j1:
+            for s in range(nt):
+                buf[s] = 0.0
+        else:
+            c = c32[j0]
+            qrow = Q[idx[j0], t0:t1]
+            for s in range(nt):
+                buf[s] = c * qrow[s]
+        j = j0 + 1
+        while j + 3 < j1:
+            c = c32[j]
+            c2 = c32[j + 1]
+            c3 = c32[j + 2]
+            c4 = c32[j + 3]
+            qrow = Q[idx[j], t0:t1]
+            qrow2 = Q[idx[j + 1], t0:t1]
+            qrow3 = Q[idx[j + 2], t0:t1]
+            qrow4 = Q[idx[j + 3], t0:t1]
+            for s in range(nt):
+                buf[s] = (((buf[s] + c * qrow[s]) + c2 * qrow2[s]) + c3 * qrow3[s]) + c4 * qrow4[s]
+            j += 4
+        while j < j1:
+            c = c32[j]
+            qrow = Q[idx[j], t0:t1]
+            for s in range(nt):
+                buf[s] = buf[s] + c * qrow[s]
+            j += 1
+        one = np.float32(1.0)
+        for s in range(nt):
+            v = buf[s] * f32_t[s]
+            buf[s] = -v * (pf32 if v > 0.0 else one)
+
+    @njit(cache=True, fastmath=False, inline="always")
+    def _screen_tile(indptr, idx, c32, Q, p, nt, f32_t, pf32, th, buf, mask):
+        """``_screen_losses`` over columns [0, nt) of one tile, with the entry mask buf ≥ th written in the
+        same pass (zero-padded to a whole 8-byte word); returns the number of entrants."""
+        _screen_losses(indptr, idx, c32, Q, p, 0, nt, f32_t, pf32, buf)
+        hits = 0
+        for s in range(nt):
+            e = buf[s] >= th
+            mask[s] = e
+            hits += e
+        for s in range(nt, (nt + 7) // 8 * 8):
+            mask[s] = 0
+        return hits
+
+    @njit(cache=True, fastmath=False, inline="always")
+    def _down32(t):
+        """The largest float32 ≤ t."""
+        r = np.float32(t)
+        if r > t:
+            r = np.nextafter(r, np.float32(-np.inf))
+        return r
+
+    @njit(cache=True, fastmath=False)
+    def _raise_screen(ys, ss, n, th, m, two_b, scratch):
+        """Keep only the entries with y ≥ (m-th largest y) − 2b (n ≥ m); returns (n, th)."""
+        for h in range(n):
+            scratch[h] = ys[h]
+        t = _down32(np.float64(_kth_largest(scratch, n, m)) - two_b)
+        if t > th:
+            th = t
+        k = 0
+        for h in range(n):  # branch-free filter, in place
+            y = ys[h]
+            ys[k] = y
+            ss[k] = ss[h]
+            k += y >= th
+        return k, th
+
+    @njit(cache=True, fastmath=False, inline="always")
+    def _collect(ybuf, nt, t0, th, two_b, ys, ss, p, n, m, scratch, mask, words):
+        """Append (y, scenario) for the tile's entrants (``mask``, from ``_screen_tile``) to row p of ys / ss.
+        When the row is nearly full the threshold rises to (m-th largest y held) − 2b and the entries below it go. Returns
+        (n, th); n = −1 when even that leaves no room (a band of more than cap − 64 near-ties: computed
+        directly).
+
+        The mask's 8-byte words (``words`` views ``mask``, one byte 0/1 per scenario, little-endian) skip eight
+        scenarios at a time, and a word's entrants are found by their set bits, so the scalar work is one
+        step per entrant.
+        """
+        cap = ys.shape[1]
+        for w in range((nt + 7) // 8):
+            if words[w] == 0:
+                continue
+            if n + 8 > cap:
+                n, th = _raise_screen(ys[p], ss[p], n, th, m, two_b, scratch)
+                if n + 64 > cap:
+                    return -1, np.float32(np.inf)
+            wv = words[w]
+            while wv != 0:  # one step per entrant: the lowest set byte of the word, by a de Bruijn lookup
+                low = wv & (~wv + np.uint64(1))
+                s = 8 * w + (_DEBRUIJN64[(low * _DEBRUIJN_MAGIC) >> np.uint64(58)] >> 3)
+                ys[p, n] = ybuf[s]
+                ss[p, n] = t0 + s
+                n += 1
+                wv ^= low
+        return n, th
+
+    @njit(cache=True, fastmath=False, parallel=True)
+    def _screened_kernel(indptr, idx, qty, c32, P, Qt, lo, hi, m, pnl_factor, pnl32, profit_factor, pf32,
+                         bound, weighted, ks, weight, targets, n_blocks, Q_sample, pnl32_sample, rank,
+                         worst, worst_s, var, es, redo):
+        """Worst/VaR/ES of portfolios [lo, hi) (rows [0, hi−lo) of the outputs) through the int16 screen.
+
+        Each portfolio forms its float32 screened losses y tile by tile from the tile-major int16 rows Qt
+        and keeps the (y, scenario) pairs with y ≥ θ. θ starts at θ₀, the ``rank``-th largest y over the
+        strided sample, and rises to (m-th largest y held) − 2b when the buffer fills. At the end, with
+        y_(m) the m-th largest screened loss: if at least m pairs were kept and θ₀ ≤ y_(m) − 2b, the kept
+        pairs with y ≥ y_(m) − 2b hold the whole true top m (backends.screen); only those are computed
+        exactly from P (the reference's products and sums) and the statistics read off them. Otherwise
+        ``redo[lo + p]`` is set and the caller computes that portfolio directly.
+        """
+        n_s = P.shape[1]
+        n_tiles, _, tile = Qt.shape
+        n_p = hi - lo
+        cap = 2 * m + 64
+        n_samp = Q_sample.shape[1]
+        ys = np.empty((n_p, cap), dtype=np.float32)
+        ss = np.empty((n_p, cap), dtype=np.int32)
+        fill = np.zeros(n_p, dtype=np.int64)
+        for p in range(n_p):
+            if redo[lo + p]:  # not screenable: the caller computes it directly
+                fill[p] = -1
+        th = np.full(n_p, -np.inf, dtype=np.float32)
+        th0 = np.full(n_p, -np.inf, dtype=np.float32)
+        per = (n_p + n_blocks - 1) // n_blocks
+        for b in prange(n_blocks):
+            ybuf = np.empty(max(tile, n_samp) + 8, dtype=np.float32)  # + 8: the mask words read whole
+            scratch = np.empty(cap, dtype=np.float32)
+            top = np.empty(max(rank, 1), dtype=np.float32)
+            cx = np.empty(cap)
+            ci = np.empty(cap)
+            sb = np.empty(cap, dtype=np.int64)
+            mask = np.zeros((tile + 7) // 8 * 8, dtype=np.uint8)
+            words = mask.view(np.uint64)
+            p0 = b * per
+            p1 = min(p0 + per, n_p)
+            if rank > 0:
+                for p in range(p0, p1):
+                    if p + 1 < p1:
+                        for j in range(indptr[lo + p + 1], indptr[lo + p + 2]):
+                            _prefetch2(Q_sample, idx[j], 0)
+                    if fill[p] < 0:
+                        continue
+                    _screen_losses(indptr, idx, c32, Q_sample, lo + p, 0, n_samp, pnl32_sample, pf32, ybuf)
+                    if rank <= TOP_R_MAX:
+                        v = _rth_largest(ybuf, n_samp, rank, top)
+                    else:
+                        v = _kth_largest(ybuf, n_samp, rank)
+                    th[p] = v
+                    th0[p] = v
+            for t in range(n_tiles):
+                t0 = t * tile
+                nt = min(tile, n_s - t0)
+                Qtile = Qt[t]
+                f_t = pnl32[t0:t0 + nt]
+                for p in range(p0, p1):
+                    if p + 1 < p1 and fill[p + 1] >= 0:  # the next portfolio's append position and the starts of its
+                        _prefetch2(ys, p + 1, fill[p + 1])  # rows: cold lines, fetched while this one is screened
+                        _prefetch2(ss, p + 1, fill[p + 1])
+                        for j in range(indptr[lo + p + 1], indptr[lo + p + 2]):
+                            _prefetch2(Qtile, idx[j], 0)
+                    if fill[p] < 0:
+                        continue
+                    if _screen_tile(indptr, idx, c32, Qtile, lo + p, nt, f_t, pf32, th[p], ybuf, mask) == 0:
+                        continue
+                    fill[p], th[p] = _collect(ybuf, nt, t0, th[p], 2.0 * bound[lo + p], ys, ss, p, fill[p], m,
+                                              scratch, mask, words)
+            for p in range(p0, p1):
+                if p + 1 < p1:  # the next portfolio's kept pairs: cold lines, fetched while this one finishes
+                    for h in range(0, fill[p + 1], 16):
+                        _prefetch2(ys, p + 1, h)
+                        _prefetch2(ss, p + 1, h)
                 n = fill[p]
-                if n == 0:  # no admissible loss (all NaN): say so rather than read uninitialised scratch
-                    worst[p] = np.nan
-                    worst_s[p] = -1
-                    for lv in range(n_lev):
-                        var[p, lv] = np.nan
-                        es[p, lv] = np.nan
+                if n < m:  # the sample's θ₀ was above the m-th screened loss, or the band overflowed
+                    redo[lo + p] = True
                     continue
-                if n > m:
-                    _keep_top(cxp, cip, n, m)
-                    n = m
-                if not weighted and n_lev == 1:
-                    # one level, m = k: VaR is the lowest-ranked candidate, ES their mean; no sort
-                    best = 0
-                    low = 0
-                    acc = 0.0
-                    for r in range(n):
-                        acc += cxp[r]
-                        if _below(cxp[best], cip[best], cxp[r], cip[r]):
-                            best = r
-                        if _below(cxp[r], cip[r], cxp[low], cip[low]):
-                            low = r
-                    worst[p] = cxp[best]
-                    worst_s[p] = int(cip[best])
-                    var[p, 0] = cxp[low]
-                    es[p, 0] = acc / ks[0]
+                two_b = 2.0 * bound[lo + p]
+                for h in range(n):
+                    scratch[h] = ys[p, h]
+                cut = np.float64(_kth_largest(scratch, n, m)) - two_b
+                if not (th0[p] <= cut):
+                    redo[lo + p] = True
                     continue
-                _sort_best_first(cxp, cip, n)
-                worst[p] = cxp[0]
-                worst_s[p] = int(cip[0])
-                if not weighted:
-                    for lv in range(n_lev):
-                        k = ks[lv]
-                        acc = 0.0
-                        for r in range(k):
-                            acc += cxp[r]
-                        var[p, lv] = cxp[k - 1]
-                        es[p, lv] = acc / k
-                else:
-                    for lv in range(n_lev):
-                        cw = 0.0
-                        cwx = 0.0
-                        r = 0
-                        while r < n:
-                            wr = weight[int(cip[r])]
-                            cw += wr
-                            cwx += wr * cxp[r]
-                            if cw >= targets[lv]:
-                                break
-                            r += 1
-                        if r == n:
-                            r = n - 1
-                        var[p, lv] = cxp[r]
-                        es[p, lv] = cwx / cw
+                k = 0
+                for h in range(n):  # the band: every scenario that can be in the true top m
+                    sb[k] = ss[p, h]
+                    k += ys[p, h] >= cut
+                # exact losses of the band, rows outer so the loads of P overlap; the order of ``_losses``
+                j0 = indptr[lo + p]
+                j1 = indptr[lo + p + 1]
+                for h in range(k):
+                    cx[h] = 0.0
+                if j0 < j1:
+                    q = qty[j0]
+                    prow = P[idx[j0]]
+                    for h in range(k):
+                        cx[h] = q * prow[sb[h]]
+                    for j in range(j0 + 1, j1):
+                        q = qty[j]
+                        prow = P[idx[j]]
+                        for h in range(k):
+                            cx[h] = cx[h] + q * prow[sb[h]]
+                for h in range(k):
+                    v = cx[h] * pnl_factor[sb[h]]
+                    cx[h] = -v * (profit_factor if v > 0.0 else 1.0)
+                    ci[h] = sb[h]
+                _read_off(cx, ci, k, m, weighted, ks, weight, targets, worst, worst_s, var, es, p)
 
 
 def _vec(a, dtype):
@@ -564,13 +871,75 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
     weight = np.ones(S) if spec.weight is None else _vec(spec.weight, np.float64)
     if len(pnl) != S or len(weight) != S:
         raise ValueError(f"measure spec has {len(pnl)} pnl factors / {len(weight)} weights for {S} scenarios")
-    tile = int(min(S, max(16, TILE_BYTES // (P.itemsize * max(n_ins, 1)))))
-    chunk = int(max(1, min(n_port, STATE_BYTES // (32 * m + 24))))
     threads = numba.get_num_threads()
     indptr = _vec(portfolios.indptr, np.int64)
     idx = _vec(portfolios.instrument_idx, np.int64)
     qty = _vec(portfolios.quantity, np.float64)
     # the sample that sets each portfolio's starting floor: every stride-th scenario
+    stride = int(max(1, min(SAMPLE_STRIDE, S // max(4 * m, 1))))
+    sample = np.arange(0, S, stride)
+    rank = int(min(len(sample), max(8, math.ceil(SAMPLE_MARGIN * m * len(sample) / S)))) if stride > 1 else 0
+    if SCREEN and len(idx) >= SCREEN_MIN_POSITIONS_PER_ROW * n_ins:
+        stile = int(min(S, max(32, SCREEN_TILE_BYTES // (2 * max(n_ins, 1)))))
+        Qt, scale, M, Q_sample = quantize(P, stile, stride if rank else 0)
+        bound, ok = screen.screen_bound(np, indptr, idx, qty, M, screen.row_error(M), spec)
+        if ok.any():
+            c32 = screen.coefficients(qty, idx, scale)
+            pnl32 = pnl.astype(np.float32)
+            pnl32_sample = np.ascontiguousarray(pnl32[sample]) if rank else np.empty(0, dtype=np.float32)
+            redo = ~ok
+            chunk_s = int(max(1, min(n_port, STATE_BYTES // (8 * (2 * m + 64) + 64))))
+            for lo in range(0, n_port, chunk_s):
+                hi = min(lo + chunk_s, n_port)
+                n_blocks = int(min(hi - lo, BLOCKS_PER_THREAD * threads))
+                _screened_kernel(indptr, idx, qty, c32, P, Qt, lo, hi, m, pnl, pnl32, float(spec.profit_factor),
+                                 np.float32(spec.profit_factor), bound, weighted, _vec(ks, np.int64), weight,
+                                 _vec(targets, np.float64), n_blocks, Q_sample, pnl32_sample, rank,
+                                 worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi], redo)
+            again = np.flatnonzero(redo & ok)
+            if len(again):  # the sample's θ₀ was too high: screened again with no starting threshold
+                sub_ptr, sub_idx, sub_qty, take = _subset(indptr, idx, qty, again)
+                sub_redo = np.zeros(len(again), dtype=np.bool_)
+                got = [np.zeros(len(again)), np.zeros(len(again), dtype=np.int64), np.zeros((len(again), n_lev)),
+                       np.zeros((len(again), n_lev))]
+                _screened_kernel(sub_ptr, sub_idx, sub_qty, c32[take], P, Qt, 0, len(again), m, pnl, pnl32,
+                                 float(spec.profit_factor), np.float32(spec.profit_factor), bound[again], weighted,
+                                 _vec(ks, np.int64), weight, _vec(targets, np.float64),
+                                 int(min(len(again), BLOCKS_PER_THREAD * threads)),
+                                 np.empty((n_ins, 0), dtype=np.int16), np.empty(0, dtype=np.float32), 0, *got, sub_redo)
+                done = ~sub_redo
+                for out, part in zip((worst, worst_s, var, es), got):
+                    out[again[done]] = part[done]
+                redo[again[done]] = False
+            rest = np.flatnonzero(redo)
+            if len(rest):  # not screenable, or a band of near-ties wider than the buffer: computed directly
+                sub_ptr, sub_idx, sub_qty, _ = _subset(indptr, idx, qty, rest)
+                got = _direct((sub_ptr, sub_idx, sub_qty), P, spec, weighted, m, ks, targets, pnl, weight, threads,
+                              n_ins, S)
+                worst[rest], worst_s[rest], var[rest], es[rest] = got.worst, got.worst_scenario, got.var, got.es
+            return TailStats(worst=worst, worst_scenario=worst_s, var=var, es=es)
+    return _direct((indptr, idx, qty), P, spec, weighted, m, ks, targets, pnl, weight, threads, n_ins, S,
+                   out=(worst, worst_s, var, es))
+
+
+def _subset(indptr, idx, qty, rows):
+    """(indptr, idx, qty, take) of the CSR rows ``rows`` (in that order); ``take`` indexes the positions."""
+    counts = indptr[rows + 1] - indptr[rows]
+    sub_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    take = np.repeat(indptr[rows] - sub_ptr[:-1], counts) + np.arange(int(sub_ptr[-1]))
+    return sub_ptr, idx[take], qty[take], take
+
+
+def _direct(csr, P, spec, weighted, m, ks, targets, pnl, weight, threads, n_ins, S, out=None):
+    """The unscreened kernel (``_tail_kernel``) over the CSR (indptr, idx, qty); writes into ``out`` if given."""
+    indptr, idx, qty = csr
+    n_port = len(indptr) - 1
+    n_lev = len(spec.levels)
+    if out is None:
+        out = (np.zeros(n_port), np.zeros(n_port, dtype=np.int64), np.zeros((n_port, n_lev)), np.zeros((n_port, n_lev)))
+    worst, worst_s, var, es = out
+    tile = int(min(S, max(16, TILE_BYTES // (P.itemsize * max(n_ins, 1)))))
+    chunk = int(max(1, min(n_port, STATE_BYTES // (32 * m + 24))))
     stride = int(max(1, min(SAMPLE_STRIDE, S // max(4 * m, 1))))
     sample = np.arange(0, S, stride)
     rank = int(min(len(sample), max(8, math.ceil(SAMPLE_MARGIN * m * len(sample) / S)))) if stride > 1 else 0
@@ -583,6 +952,36 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
                      _vec(ks, np.int64), weight, _vec(targets, np.float64), n_blocks, P_sample, pnl_sample, rank,
                      worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi])
     return TailStats(worst=worst, worst_scenario=worst_s, var=var, es=es)
+
+
+def quantize(P: np.ndarray, tile: int, stride: int = 0):
+    """(Qt [n_tiles, I, tile] int16, σ [I], M [I], Q_sample [I, ⌈S/stride⌉]): P's rows quantised for the
+    screen (``backends.screen``), tile-major so that a tile of all rows is one contiguous block.
+
+    M_i = max_s |P_is| (NaN for a row holding a non-finite value), σ_i = M_i / 32767 and
+    Q_is = rint(P_is / σ_i) (computed as P_is·(1/σ_i)); rows that are 0, below ``screen.TINY_ROW`` or
+    not finite get σ = 0, Q = 0. ``Q_sample`` holds every stride-th column (none when stride is 0).
+    """
+    n_ins, n_s = P.shape
+    n_tiles = -(-n_s // tile)
+    Qt = np.empty((n_tiles, n_ins, tile), dtype=np.int16)
+    Q_sample = np.empty((n_ins, len(range(0, n_s, stride)) if stride else 0), dtype=np.int16)
+    if P.dtype == np.float32:
+        bits, sign, inf_bits, back = np.uint32, np.uint32(0x80000000), 0x7F800000, np.float32
+    else:
+        bits, sign, inf_bits, back = np.uint64, np.uint64(0x8000000000000000), 0x7FF0000000000000, np.float64
+    mbits = np.zeros(n_ins, dtype=bits)
+    if n_ins and n_s:
+        _row_max_bits(P.view(bits), sign, mbits)
+    M = mbits.view(back).astype(np.float64)
+    M[mbits >= inf_bits] = np.nan
+    ok = M >= screen.TINY_ROW  # False for NaN
+    scale = np.where(ok, M / screen.QMAX, 0.0)
+    with np.errstate(divide="ignore"):
+        r = np.where(ok, 1.0 / np.where(ok, scale, 1.0), 0.0)
+    if n_ins and n_s:
+        _quantize_kernel(P, r, Qt, max(stride, 1), Q_sample)
+    return Qt, scale, M, Q_sample
 
 
 #: float32 unit roundoff and the spacing of its subnormals (the absolute error of underflow)

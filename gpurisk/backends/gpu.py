@@ -2,7 +2,9 @@
 
 CuPy is imported lazily (only when this backend is used). The kernels are loaded
 with ``cupy.RawModule`` from ``<package>/kernels`` and compiled with
-``--fmad=false`` so sums and products round as the CPU's do.
+``--fmad=false`` so sums and products round as the CPU's do. ``available()`` compiles
+both modules once (so ``auto`` never picks a GPU whose CUDA toolkit cannot compile);
+the ``gpu`` extra depends on ``cupy-cuda13x[ctk]``, which brings NVRTC with it.
 
 Data movement, once per batch:
 
@@ -17,19 +19,24 @@ Data movement, once per batch:
   ``tail_stats`` on the P it just produced uploads nothing; a host P is cached only
   while it cannot be written (a writeable one is uploaded on every call, so an
   in-place change is never answered from a stale copy); ``revalue_device`` returns
-  the CuPy array and ``tail_stats`` also accepts a CuPy P directly;
-* ``clear_cache()`` frees everything. The kernel and device caches are thread-safe.
+  the CuPy array and ``tail_stats`` also accepts a CuPy P directly; P's int16 screen
+  (``quantize_rows``) is cached beside it;
+* ``release()`` (also ``close()``) frees everything: the cache and CuPy's memory pools. It runs
+  by itself when a call fails for lack of device memory, before the error reaches the engine.
 
-``tail_stats`` is one fused kernel (``kernels/tail_stats.cu``): one thread block per
-portfolio, losses in shared memory (global scratch rows when S is too large; the
-kernel opts in to the device's full per-block shared memory, so about 28,000
-scenarios fit on an H100), radix select for equal weights, sorted candidates for
-probability weights. cuSPARSE (``csr @ P``) is not used: it would write the dense
-[portfolios, S] block to global memory and read it back for the selection, which
-the fused kernel avoids.
-Weighted specs whose tail bound needs more than ``MAX_CANDIDATES`` candidates raise
-``GpuLimitError`` (the engine then falls back to the CPU), as does a weighted tail
-whose bound did not hold; a NaN counted loss raises ``NonFinitePnL``.
+``tail_stats`` is the exact int16 screen of ``kernels/tail_stats.cu`` (see its header and
+``backends.screen``): P's rows quantised once to int16, each portfolio's screened float32 losses
+(2 bytes per position-scenario read instead of 8), one radix select at the largest tail count,
+exact float64 recomputation and a sort of only the candidates that can be in the tail, every
+level read from that one sorted list. Probability-weighted tails grow their candidate count in
+the kernel until every level's weight is reached: there is no candidate limit. cuSPARSE
+(``csr @ P``) is not used: it would write the dense [portfolios, S] block to global memory and
+read it back for the selection. A NaN loss raises ``NonFinitePnL``; a broken screen bound (a
+defect, never expected) raises ``GpuLimitError`` so the engine retries that call on the CPU.
+
+Every function that touches a device takes ``device=``: None for the CuPy device, or an
+object with the same small interface (``xp``, ``launch``, ``to_host``, ``sm_count``,
+``smem_budget``), such as ``backends.cuda_emu``'s, which runs the same kernel sources on the CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pricing import NUMERAIRE_CODES, NUMERAIRE_SETTLEMENT, PricingInputs
+from . import screen
 from .base import MeasureSpec, NonFinitePnL, TailStats, check_portfolios, check_underlyings, tail_candidates
 
 name = "gpu"
@@ -49,21 +57,21 @@ name = "gpu"
 #: threads per block; must equal GR_TPB in kernels/tail_stats.cu
 THREADS = 256
 #: dynamic shared memory a block may use without opting in (48 KiB less the kernel's static arrays);
-#: the tail kernel opts in to more where the device allows (see ``_tail_kernel``)
-DYNAMIC_SMEM = 40 * 1024
-#: largest candidate buffer (power of two) for weighted tails: 12 bytes each; a weighted
-#: tail keeps exactly m candidates (ties at the threshold are cut in scenario order)
-MAX_CANDIDATES = 2048
-#: bound on the global scratch used when a portfolio's S losses do not fit in shared memory
+#: the tail kernel opts in to more where the device allows (see ``_CupyDevice``)
+DYNAMIC_SMEM = 36 * 1024
+#: bound on the global scratch of the tail kernel's spill pass (candidate buffers of next_pow2(S) entries)
 SCRATCH_BYTES = 512 << 20
 #: how many uploaded objects the device cache keeps
 CACHE_ENTRIES = 8
 #: compile options: no fused multiply-add, so results round as on the CPU
 NVRTC_OPTIONS = ("--fmad=false",)
+#: kernel modules and the entry points the backend launches
+MODULES = {"revalue": ("instrument_base", "revalue_pnl"), "tail_stats": ("quantize_rows", "tail_stats")}
 
 
 class GpuLimitError(RuntimeError):
-    """The request exceeds a limit of the GPU kernels (the engine falls back to the CPU)."""
+    """The request exceeds a limit of the GPU kernels, or a kernel's self-check failed (the engine retries on
+    the CPU)."""
 
 
 def kernel_dir() -> Path:
@@ -79,8 +87,18 @@ def _cupy():
     return cupy
 
 
+_available: tuple | None = None
+
+
 def available():
-    """(True, description) only when CuPy imports and sees at least one CUDA device."""
+    """(True, description) only when CuPy imports, sees a CUDA device and compiles both kernel modules.
+
+    Compiling needs NVRTC (the ``[ctk]`` extra of ``cupy-cuda13x`` or a local CUDA toolkit); the
+    answer is computed once per process.
+    """
+    global _available
+    if _available is not None:
+        return _available
     try:
         cp = _cupy()
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken CUDA install
@@ -92,11 +110,20 @@ def available():
     if n < 1:
         return False, "CuPy sees no CUDA device"
     try:
+        for module, fns in MODULES.items():
+            for fn in fns:
+                _kernel(module, fn)
+    except Exception as exc:  # noqa: BLE001 - NVRTC missing or a compile error
+        _available = (False, f"the CUDA kernels do not compile here ({type(exc).__name__}: {str(exc)[:300]}); "
+                             "install the gpu extra (cupy-cuda13x[ctk]) or a CUDA toolkit")
+        return _available
+    try:
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         dev = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     except Exception:  # noqa: BLE001
         dev = "CUDA device"
-    return True, f"CuPy {cp.__version__} on {dev}"
+    _available = (True, f"CuPy {cp.__version__} on {dev} ({n} device{'s' if n > 1 else ''})")
+    return _available
 
 
 _modules: dict = {}
@@ -120,31 +147,48 @@ def _kernel(module: str, fn: str):
     return kern
 
 
-#: device id -> (SM count, dynamic shared-memory budget of the tail kernel), read once per device
-_tail_setup: dict = {}
+class _CupyDevice:
+    """The current CUDA device through CuPy: arrays, launches, SM count and the tail kernel's shared-memory budget."""
+
+    name = "cupy"
+
+    def __init__(self):
+        cp = _cupy()
+        self.xp = cp
+        dev = cp.cuda.Device().id
+        attrs = cp.cuda.Device(dev).attributes
+        self.sm_count = int(attrs.get("MultiProcessorCount", 132))
+        fn = _kernel("tail_stats", "tail_stats")
+        optin = int(attrs.get("MaxSharedMemoryPerBlockOptin", 0))
+        self.smem_budget = max(DYNAMIC_SMEM, optin - int(fn.shared_size_bytes))
+        if self.smem_budget > DYNAMIC_SMEM:
+            fn.max_dynamic_shared_size_bytes = self.smem_budget
+
+    def to_host(self, a):
+        return _cupy().asnumpy(a)
+
+    def launch(self, module, fn, grid, block, args, shared_mem=0):
+        _kernel(module, fn)((int(grid),), (int(block),), tuple(args), shared_mem=int(shared_mem))
+
+    def synchronize(self):
+        _cupy().cuda.Device().synchronize()
 
 
-def _tail_kernel(cp):
-    """(tail kernel, SM count, dynamic shared-memory budget) for the current device.
+#: device id -> _CupyDevice, built once per device
+_devices: dict = {}
 
-    The budget is the device's opt-in maximum per block less the kernel's static shared
-    memory; the kernel is opted in to it once per device (the default limit is 48 KiB in all).
-    """
-    fn = _kernel("tail_stats", "tail_stats")
-    dev = cp.cuda.Device().id
-    setup = _tail_setup.get(dev)
-    if setup is None:
+
+def _device(device=None):
+    if device is not None:
+        return device
+    dev_id = _cupy().cuda.Device().id
+    d = _devices.get(dev_id)
+    if d is None:
         with _modules_lock:
-            setup = _tail_setup.get(dev)
-            if setup is None:
-                attrs = cp.cuda.Device(dev).attributes
-                sm = int(attrs.get("MultiProcessorCount", 132))
-                optin = int(attrs.get("MaxSharedMemoryPerBlockOptin", 0))
-                budget = max(DYNAMIC_SMEM, optin - int(fn.shared_size_bytes))
-                if budget > DYNAMIC_SMEM:
-                    fn.max_dynamic_shared_size_bytes = budget
-                setup = _tail_setup[dev] = (sm, budget)
-    return fn, setup[0], setup[1]
+            d = _devices.get(dev_id)
+            if d is None:
+                d = _devices[dev_id] = _CupyDevice()
+    return d
 
 
 class _DeviceCache:
@@ -225,81 +269,122 @@ _cache = _DeviceCache(CACHE_ENTRIES)
 
 
 def clear_cache() -> None:
-    """Drop every cached device copy (pricing inputs, scenario sets, P)."""
+    """Drop every cached device copy (pricing inputs, scenario sets, P and its screen)."""
     _cache.clear()
 
 
-def _pricing_on_device(pi: PricingInputs):
-    cp = _cupy()
+def release() -> None:
+    """Free this process's device memory: the cache and CuPy's default memory pools (safe without CuPy)."""
+    _cache.clear()
+    try:
+        cp = _cupy()
+        cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception:  # noqa: BLE001 - no CuPy, or no device: nothing is held
+        pass
+
+
+close = release
+
+
+def _is_out_of_memory(exc) -> bool:
+    return "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()
+
+
+def _releasing(fn):
+    """Run ``fn``; on a device out-of-memory error release everything first, then re-raise."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                release()
+            raise
+
+    return wrapper
+
+
+def _cached(dev, tag, host, make):
+    """``make()`` through the device cache on the CuPy device; uncached on any other."""
+    if isinstance(dev, _CupyDevice):
+        return _cache.get(tag, host, make)
+    return make()
+
+
+def _pricing_on_device(pi: PricingInputs, dev):
+    xp = dev.xp
 
     def make():
         return {
-            "kind": cp.asarray(pi.kind, dtype=cp.int8),
-            "settlement": cp.asarray(pi.settlement, dtype=cp.int8),
-            "option_type": cp.asarray(pi.option_type, dtype=cp.int8),
-            "uidx": cp.asarray(pi.underlying_idx, dtype=cp.int32),
-            "cs": cp.asarray(pi.contract_size, dtype=cp.float64),
-            "fwd": cp.asarray(pi.forward, dtype=cp.float64),
-            "strike": cp.asarray(pi.strike, dtype=cp.float64),
-            "ttm": cp.asarray(pi.ttm, dtype=cp.float64),
-            "vol": cp.asarray(pi.vol, dtype=cp.float64),
+            "kind": xp.asarray(pi.kind, dtype=np.int8),
+            "settlement": xp.asarray(pi.settlement, dtype=np.int8),
+            "option_type": xp.asarray(pi.option_type, dtype=np.int8),
+            "uidx": xp.asarray(pi.underlying_idx, dtype=np.int32),
+            "cs": xp.asarray(pi.contract_size, dtype=np.float64),
+            "fwd": xp.asarray(pi.forward, dtype=np.float64),
+            "strike": xp.asarray(pi.strike, dtype=np.float64),
+            "ttm": xp.asarray(pi.ttm, dtype=np.float64),
+            "vol": xp.asarray(pi.vol, dtype=np.float64),
         }
 
-    return _cache.get("pricing", pi, make)
+    return _cached(dev, "pricing", pi, make)
 
 
-def _scenarios_on_device(scenarios):
-    cp = _cupy()
+def _scenarios_on_device(scenarios, dev):
+    xp = dev.xp
 
     def make():  # shocks [S, U] go up as [U, S]: the revaluation kernel reads them along s
         return {
-            "price_shock": cp.ascontiguousarray(cp.asarray(scenarios.price_shock, dtype=cp.float64).T),
-            "vol_shock": cp.ascontiguousarray(cp.asarray(scenarios.vol_shock, dtype=cp.float64).T),
-            "vol_mode": cp.asarray(scenarios.vol_mode, dtype=cp.int8),
+            "price_shock": xp.ascontiguousarray(xp.asarray(scenarios.price_shock, dtype=np.float64).T),
+            "vol_shock": xp.ascontiguousarray(xp.asarray(scenarios.vol_shock, dtype=np.float64).T),
+            "vol_mode": xp.asarray(scenarios.vol_mode, dtype=np.int8),
         }
 
-    return _cache.get("scenarios", scenarios, make)
+    return _cached(dev, "scenarios", scenarios, make)
 
 
 def _blocks(n: int) -> int:
     return int(max(1, min((n + THREADS - 1) // THREADS, 65535 * 8)))
 
 
-def revalue_device(pi: PricingInputs, scenarios, numeraire: str = "usd"):
-    """P [I, S] float64 as a CuPy array on the current device."""
-    cp = _cupy()
+@_releasing
+def revalue_device(pi: PricingInputs, scenarios, numeraire: str = "usd", *, device=None):
+    """P [I, S] float64 as an array of the device (CuPy by default)."""
+    dev = _device(device)
+    xp = dev.xp
     n_ins, n_s = len(pi), scenarios.n_scenarios
-    out = cp.empty((n_ins, n_s), dtype=cp.float64)
+    out = xp.empty((n_ins, n_s), dtype=np.float64)
     if n_ins == 0 or n_s == 0:
         return out
     check_underlyings(pi.underlying_idx, np.shape(scenarios.price_shock)[1])
-    d = _pricing_on_device(pi)
-    sc = _scenarios_on_device(scenarios)
+    d = _pricing_on_device(pi, dev)
+    sc = _scenarios_on_device(scenarios, dev)
     coin = np.int32(NUMERAIRE_CODES[numeraire] == NUMERAIRE_SETTLEMENT)
-    base = cp.empty(n_ins, dtype=cp.float64)
-    _kernel("revalue", "instrument_base")(
-        (_blocks(n_ins),), (THREADS,),
-        (np.int64(n_ins), d["kind"], d["settlement"], d["option_type"], d["cs"], d["fwd"], d["strike"],
-         d["ttm"], d["vol"], coin, base),
-    )
+    base = xp.empty(n_ins, dtype=np.float64)
+    dev.launch("revalue", "instrument_base", _blocks(n_ins), THREADS,
+               (np.int64(n_ins), d["kind"], d["settlement"], d["option_type"], d["cs"], d["fwd"], d["strike"],
+                d["ttm"], d["vol"], coin, base))
     term = scenarios.term
-    _kernel("revalue", "revalue_pnl")(
-        (_blocks(n_ins * n_s),), (THREADS,),
-        (np.int64(n_ins), np.int32(n_s), d["kind"], d["settlement"], d["option_type"], d["uidx"], d["cs"], d["fwd"],
-         d["strike"], d["ttm"], d["vol"], sc["price_shock"],
-         sc["vol_shock"], sc["vol_mode"], np.float64(scenarios.horizon_years), coin, np.float64(term.ref_days),
-         np.float64(term.power_short), np.float64(term.power_long), np.float64(term.min_vol_up),
-         np.float64(term.vol_floor), np.float64(term.min_dte_days), base, out),
-    )
+    dev.launch("revalue", "revalue_pnl", _blocks(n_ins * n_s), THREADS,
+               (np.int64(n_ins), np.int32(n_s), d["kind"], d["settlement"], d["option_type"], d["uidx"], d["cs"],
+                d["fwd"], d["strike"], d["ttm"], d["vol"], sc["price_shock"], sc["vol_shock"], sc["vol_mode"],
+                np.float64(scenarios.horizon_years), coin, np.float64(term.ref_days), np.float64(term.power_short),
+                np.float64(term.power_long), np.float64(term.min_vol_up), np.float64(term.vol_floor),
+                np.float64(term.min_dte_days), base, out))
     return out
 
 
-def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd") -> np.ndarray:
+def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd", *, device=None) -> np.ndarray:
     """P [I, S] float64 on the host, read-only; the device copy stays cached for ``tail_stats``."""
-    P_dev = revalue_device(pi, scenarios, numeraire)
-    P = _cupy().asnumpy(P_dev)
+    dev = _device(device)
+    P_dev = revalue_device(pi, scenarios, numeraire, device=dev)
+    P = np.asarray(dev.to_host(P_dev))
     P.flags.writeable = False  # so the cached device copy cannot go stale
-    _cache.put("P", P, P_dev)
+    if isinstance(dev, _CupyDevice):
+        _cache.put("P", P, P_dev)
     return P
 
 
@@ -314,46 +399,84 @@ def _read_only(a) -> bool:
     return False  # a view of some other buffer: its owner may write to it
 
 
-def _P_on_device(P):
-    cp = _cupy()
-    if isinstance(P, cp.ndarray):
-        return cp.ascontiguousarray(P, dtype=cp.float64)
+def _P_on_device(P, dev=None):
+    dev = _device(dev)
+    xp = dev.xp
+    if not isinstance(P, np.ndarray) and type(P).__module__.startswith("cupy"):
+        return xp.ascontiguousarray(P, dtype=np.float64)
 
     def make():
-        return cp.ascontiguousarray(cp.asarray(P, dtype=cp.float64))
+        return xp.ascontiguousarray(xp.asarray(P, dtype=np.float64))
 
     if not _read_only(P):  # a writeable P may change in place: never answer from a cached copy
         return make()
-    return _cache.get("P", P, make)
+    return _cached(dev, "P", P, make)
+
+
+def _screen_on_device(P_host, P_dev, dev):
+    """(Q [I, S] int16, σ [I], M [I]) of P by ``quantize_rows``; cached beside a cacheable P."""
+    xp = dev.xp
+    n_ins, n_s = P_dev.shape
+
+    def make():
+        Q = xp.empty((n_ins, n_s), dtype=np.int16)
+        scale = xp.zeros(n_ins, dtype=np.float64)
+        M = xp.zeros(n_ins, dtype=np.float64)
+        if n_ins and n_s:
+            grid = int(max(1, min(n_ins, 16 * dev.sm_count)))
+            dev.launch("tail_stats", "quantize_rows", grid, THREADS,
+                       (np.int32(n_ins), np.int32(n_s), P_dev, Q, scale, M))
+        return Q, scale, M
+
+    if isinstance(P_host, np.ndarray) and _read_only(P_host):
+        return _cached(dev, "screen", P_host, make)
+    return make()
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
 
-def launch_shape(n_port: int, n_s: int, weighted: bool, m: int, sm_count: int = 132,
-                 smem_budget: int = DYNAMIC_SMEM):
-    """(grid, cap, use_shared, dynamic shared bytes) for the tail kernel; GpuLimitError past the limits.
+def weighted_first_guess(spec: MeasureSpec, n_s: int, m_safe: int) -> int:
+    """The first candidate count of a probability-weighted tail: twice the equal-weight count of the lowest
+    level plus 64, at most the safe bound ``m_safe`` (the kernel grows it fourfold while a level's weight
+    is not reached)."""
+    k = int(MeasureSpec((min(spec.levels),)).tail_counts(n_s)[0])
+    return int(min(m_safe, 2 * k + 64))
 
-    ``smem_budget``: the dynamic shared memory a block may use (the device's opt-in
-    maximum less the kernel's static arrays; ``DYNAMIC_SMEM`` without opting in).
-    A weighted tail keeps exactly m candidates, so ``cap`` = the power of two >= m.
+
+def launch_shape(n_port: int, n_s: int, m: int, sm_count: int = 132, smem_budget: int = DYNAMIC_SMEM):
+    """(grid, cand_cap, y_in_shared, dynamic shared bytes) of the tail kernel's first launch.
+
+    The block's shared buffer holds ``cand_cap`` candidates (12 bytes each; a power of two, at least
+    2m + 64 where it fits) and, when they fit beside them, the S screened losses (4 bytes each);
+    otherwise the losses go to a per-block global row. A portfolio with more candidates than
+    ``cand_cap`` is spilled to the second launch (``spill_shape``).
     """
-    cap = 0
-    if weighted:
-        if m > MAX_CANDIDATES:
-            raise GpuLimitError(f"weighted tail needs {m} candidates per portfolio; the GPU kernel holds {MAX_CANDIDATES}")
-        cap = _next_pow2(max(m, 1))
-    use_shared = n_s * 8 + cap * 12 <= smem_budget
-    smem = (n_s * 8 if use_shared else 0) + cap * 12
+    want = _next_pow2(max(2 * m + 64, 256))
+    min_cap = 256
+    y_in_shared = 4 * n_s + 12 * min_cap <= smem_budget
+    room = smem_budget - (4 * n_s if y_in_shared else 0)
+    cand_cap = min(want, 1 << max(0, (room // 12).bit_length() - 1))
+    cand_cap = max(cand_cap, 1)
+    smem = 8 * cand_cap + 8 * ((4 * cand_cap + 7) // 8) + (4 * n_s if y_in_shared else 0)
     grid = max(1, min(n_port, 8 * sm_count))
-    if not use_shared:
-        grid = max(1, min(grid, SCRATCH_BYTES // (8 * n_s)))
-    return grid, cap, use_shared, smem
+    return grid, cand_cap, y_in_shared, smem
 
 
-def tail_stats(portfolios, P, spec: MeasureSpec) -> TailStats:
-    """Per-portfolio worst / VaR / ES (MeasureSpec rule) from P [I, S] (host or CuPy).
+def spill_shape(n_spill: int, n_s: int, sm_count: int = 132, smem_budget: int = DYNAMIC_SMEM):
+    """(grid, cand_cap, y_in_shared, dynamic shared bytes) of the spill launch: global candidate buffers of
+    next_pow2(S) entries per block, as many blocks as SCRATCH_BYTES allows (at least one)."""
+    cand_cap = _next_pow2(n_s)
+    y_in_shared = 4 * n_s <= smem_budget
+    per_block = 12 * cand_cap + (0 if y_in_shared else 4 * n_s)
+    grid = max(1, min(n_spill, 8 * sm_count, SCRATCH_BYTES // per_block))
+    return grid, cand_cap, y_in_shared, (4 * n_s if y_in_shared else 8)
+
+
+@_releasing
+def tail_stats(portfolios, P, spec: MeasureSpec, *, device=None) -> TailStats:
+    """Per-portfolio worst / VaR / ES (MeasureSpec rule) from P [I, S] (host or device array).
 
     The host-side checks (portfolio CSR, the lengths of ``pnl_factor`` and ``weight``)
     run before anything touches the device: the kernel does not bounds-check.
@@ -365,37 +488,59 @@ def tail_stats(portfolios, P, spec: MeasureSpec) -> TailStats:
         return TailStats(np.zeros(0), np.zeros(0, np.int64), z, z.copy())
     if n_s == 0:
         raise ValueError("tail_stats needs at least one scenario")
+    if n_s >= 2**30 or n_ins * n_s >= 2**62:
+        raise GpuLimitError(f"{n_s} scenarios exceed the GPU kernel's 32-bit scenario index")
     check_portfolios(portfolios, n_ins)
     pnl = np.ones(n_s) if spec.pnl_factor is None else np.asarray(spec.pnl_factor, dtype=np.float64)
     weight = np.ones(n_s) if spec.weight is None else np.asarray(spec.weight, dtype=np.float64)
     for what, arr in (("pnl_factor", pnl), ("weight", weight)):
         if arr.shape != (n_s,):
             raise ValueError(f"MeasureSpec.{what} has shape {arr.shape}; P has {n_s} scenarios, so it must be ({n_s},)")
-    idx_h = np.asarray(portfolios.instrument_idx)
-    weighted, m, ks, targets = tail_candidates(spec, n_s)
-    cp = _cupy()
-    fn, sm, budget = _tail_kernel(cp)
-    grid, cap, use_shared, smem = launch_shape(n_port, n_s, weighted, m, sm, budget)
-    P_dev = _P_on_device(P)
-    scratch = cp.empty(1 if use_shared else grid * n_s, dtype=cp.float64)
-    worst = cp.empty(n_port, dtype=cp.float64)
-    worst_s = cp.empty(n_port, dtype=cp.int64)
-    var = cp.empty((n_port, n_lev), dtype=cp.float64)
-    es = cp.empty((n_port, n_lev), dtype=cp.float64)
-    status = cp.zeros(1, dtype=cp.int32)
-    fn(
-        (grid,), (THREADS,),
-        (np.int32(n_port), np.int32(n_s), cp.asarray(portfolios.indptr, dtype=cp.int64),
-         cp.asarray(idx_h, dtype=cp.int32), cp.asarray(portfolios.quantity, dtype=cp.float64), P_dev,
-         cp.asarray(pnl), np.float64(spec.profit_factor), np.int32(n_lev), cp.asarray(ks, dtype=cp.int64),
-         np.int32(weighted), cp.asarray(weight), cp.asarray(targets, dtype=cp.float64), np.int32(m),
-         np.int32(cap), np.int32(use_shared), scratch, worst, worst_s, var, es, status),
-        shared_mem=smem,
-    )
-    st = int(status.get()[0])
+    weighted, m_safe, ks, targets = tail_candidates(spec, n_s)
+    m_first = weighted_first_guess(spec, n_s, m_safe) if weighted else m_safe
+    dev = _device(device)
+    xp = dev.xp
+    P_dev = _P_on_device(P, dev)
+    Q, scale, M = _screen_on_device(P, P_dev, dev)
+    indptr = xp.asarray(portfolios.indptr, dtype=np.int64)
+    idx = xp.asarray(portfolios.instrument_idx, dtype=np.int32)
+    qty = xp.asarray(portfolios.quantity, dtype=np.float64)
+    bound, ok = screen.screen_bound(xp, indptr, idx, qty, M, screen.row_error(M, xp), spec)
+    bound = xp.ascontiguousarray(xp.where(ok, bound, np.nan))
+    coef = xp.ascontiguousarray(screen.coefficients(qty, idx, scale))
+    worst = xp.empty(n_port, dtype=np.float64)
+    worst_s = xp.empty(n_port, dtype=np.int64)
+    var = xp.full((n_port, n_lev), np.nan)  # NaN: "not yet reached" for the weighted read-off
+    es = xp.full((n_port, n_lev), np.nan)
+    status = xp.zeros(1, dtype=np.int32)
+    spill = xp.zeros(n_port + 1, dtype=np.int32)
+    common_in = (np.int32(n_s), indptr, idx, qty, coef, P_dev, Q, xp.asarray(pnl), xp.asarray(pnl.astype(np.float32)),
+                 np.float64(spec.profit_factor), np.float32(spec.profit_factor), bound, np.int32(n_lev),
+                 xp.asarray(ks, dtype=np.int64), np.int32(weighted), xp.asarray(weight),
+                 xp.asarray(targets, dtype=np.float64), np.int32(m_first))
+    outs = (worst, worst_s, var, es, status)
+    none_f = xp.zeros(1, dtype=np.float32)
+    none_d = xp.zeros(1, dtype=np.float64)
+    none_i = xp.zeros(1, dtype=np.int32)
+
+    grid, cap, y_sh, smem = launch_shape(n_port, n_s, m_first, dev.sm_count, dev.smem_budget)
+    y_scratch = none_f if y_sh else xp.empty(grid * n_s, dtype=np.float32)
+    dev.launch("tail_stats", "tail_stats", grid, THREADS,
+               (np.int32(n_port), *common_in, np.int32(0), spill, np.int32(cap), np.int32(y_sh), y_scratch,
+                none_d, none_i, *outs), shared_mem=smem)
+    n_spill = int(dev.to_host(spill[:1])[0])
+    if n_spill:  # portfolios whose candidates did not fit the shared buffer: global buffers of S entries
+        grid, cap, y_sh, smem = spill_shape(n_spill, n_s, dev.sm_count, dev.smem_budget)
+        y_scratch = none_f if y_sh else xp.empty(grid * n_s, dtype=np.float32)
+        cand_x = xp.empty(grid * cap, dtype=np.float64)
+        cand_s = xp.empty(grid * cap, dtype=np.int32)
+        dev.launch("tail_stats", "tail_stats", grid, THREADS,
+                   (np.int32(n_spill), *common_in, np.int32(1), spill, np.int32(cap), np.int32(y_sh), y_scratch,
+                    cand_x, cand_s, *outs), shared_mem=smem)
+    st = int(dev.to_host(status)[0])
     if st & 4:
         raise NonFinitePnL("a portfolio's counted P&L is NaN on the GPU (check P, pnl_factor and profit_factor)")
     if st:
-        raise GpuLimitError(f"a weighted tail's {m} candidates did not reach its target weight (status {st})")
-    return TailStats(worst=cp.asnumpy(worst), worst_scenario=cp.asnumpy(worst_s), var=cp.asnumpy(var),
-                     es=cp.asnumpy(es))
+        raise GpuLimitError(f"the GPU tail kernel's self-check failed (status {st}): its screen bound did not hold")
+    return TailStats(worst=np.asarray(dev.to_host(worst)), worst_scenario=np.asarray(dev.to_host(worst_s)),
+                     var=np.asarray(dev.to_host(var)), es=np.asarray(dev.to_host(es)))
