@@ -1,9 +1,10 @@
-"""Realistic sample books, generated from the real market history in ``datasets/``.
+"""Realistic sample books, generated from real market history (the shipped ``datasets/`` by default).
 
-``generate_book(n_accounts, seed, as_of)`` returns the five tables of a book
+``generate_book(n_accounts, seed, as_of, market=None)`` returns the five tables of a book
 (docs/data-format.md) plus ``meta`` for ``book.toml``. Everything is vectorised
 over accounts, so 1 M accounts take seconds, and the output is a pure function
-of ``(n_accounts, seed, as_of)``.
+of ``(n_accounts, seed, as_of)`` and the history read (``market``: a ``gpurisk.market``
+store, a folder, or None for the default store).
 
 Market (``as_of`` default 2024-12-31T08:00:00Z):
 
@@ -25,9 +26,9 @@ Market (``as_of`` default 2024-12-31T08:00:00Z):
   forward, 5× that step to ±40 %, 10× beyond; the range covers ±4 standard
   deviations (at least ±10 %, within 0.2×..4× the forward).
 
-``as_of`` may be any time from 2021-03-25 (DVOL starts 2021-03-24); past the end
-of the data (2024-12-31) the last close and DVOL are reused, and ``meta``
-records their dates (``price_date``, ``dvol_date``).
+``as_of`` may be any time from 2021-03-25 (the shipped DVOL starts 2021-03-24); past the end
+of the history (the shipped one ends 2024-12-31) the last close and DVOL known are reused, and
+``meta`` records their dates (``price_date``, ``dvol_date``). Only what is known at ``as_of`` is read.
 
 Venues: ``deribit`` (BTC, ETH inverse perpetuals, futures [10 USD / 1 USD per
 contract] and options [1 coin]); ``okx`` (BTC, ETH, SOL linear USDT perpetuals,
@@ -49,9 +50,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from . import marketdata
 from .book import to_utc_seconds
 from .errors import BookError
+from .market import MarketDataError, market_store
 
 GENERATOR = "gpurisk.generate/1"
 DEFAULT_AS_OF = "2024-12-31T08:00:00Z"
@@ -168,21 +169,28 @@ def _strike_text(k: float) -> str:
 # ----------------------------------------------------------------------------- market
 
 
-def market_inputs(as_of) -> dict:
-    """Index prices (USD) and DVOL (decimal) from the last daily closes before ``as_of``."""
+def market_inputs(as_of, market=None) -> dict:
+    """Index prices (USD) and DVOL (decimal) from the last daily closes known at ``as_of`` (the bars of days
+    before it), from ``market`` (a ``gpurisk.market`` store, a folder, or None for the default store)."""
     t = to_utc_seconds(as_of)
-    prev_day = pd.Timestamp(t - np.timedelta64(1, "D")).normalize()
-    try:
-        spot = {c: marketdata.close_on(c, prev_day) for c in COINS}
-    except KeyError as exc:
-        raise BookError(f"cannot generate a book at {t}: {exc.args[0]}") from None
-    dv = marketdata.dvol()
-    dv = dv.loc[:prev_day]
+    store = market_store(market)
+    spot, dates = {}, []
+    for c in COINS:  # three coins
+        try:
+            bars = store.daily_bars(c, as_of=t)
+        except MarketDataError as exc:
+            raise BookError(f"cannot generate a book at {t}: {exc}") from None
+        if bars.empty:
+            raise BookError(f"cannot generate a book at {t}: no {c} close is known then "
+                            f"(the {c} history starts {store.daily_bars(c).index[0].date()})")
+        spot[c] = float(bars["close"].iloc[-1])
+        dates.append(bars.index[-1])
+    dv = store.dvol(as_of=t)
     if dv.empty:
-        raise BookError(f"cannot generate a book at {t}: it needs the DVOL of the day before, "
-                        f"and the history starts {marketdata.dvol().index[0].date()}")
-    price_date = min(marketdata.daily_bars(c)["close"].loc[:prev_day].index[-1] for c in COINS)
-    return {"spot": spot, "dvol": float(dv.iloc[-1]), "price_date": str(price_date.date()),
+        full = store.dvol()
+        start = f"the history starts {full.index[0].date()}" if len(full) else f"{store.name} has no BTC DVOL"
+        raise BookError(f"cannot generate a book at {t}: it needs the DVOL of the day before, and {start}")
+    return {"spot": spot, "dvol": float(dv.iloc[-1]), "price_date": str(min(dates).date()),
             "dvol_date": str(dv.index[-1].date())}
 
 
@@ -326,17 +334,18 @@ def _to_contracts(coin_qty: np.ndarray, rows: np.ndarray, ins_cs, ins_settle_inv
     return np.round(q, 6)
 
 
-def generate_book(n_accounts: int, seed: int, as_of=None) -> dict:
+def generate_book(n_accounts: int, seed: int, as_of=None, market=None) -> dict:
     """A sample book: ``{"instruments", "market", "index", "positions", "balances": DataFrame, "meta": dict}``.
 
-    Deterministic for ``(n_accounts, seed, as_of)``; ``as_of`` defaults to
-    2024-12-31T08:00:00Z. Quantities are signed contracts; balances in asset units.
+    Deterministic for ``(n_accounts, seed, as_of)`` and the history of ``market`` (a ``gpurisk.market``
+    store, a folder, or None for the default store); ``as_of`` defaults to 2024-12-31T08:00:00Z.
+    Quantities are signed contracts; balances in asset units.
     """
     n_accounts = int(n_accounts)
     if n_accounts < 1:
         raise BookError(f"n_accounts must be >= 1, got {n_accounts}")
     as_of = to_utc_seconds(as_of if as_of is not None else DEFAULT_AS_OF)
-    mkt = market_inputs(as_of)
+    mkt = market_inputs(as_of, market)
     full = build_instruments(as_of, mkt)
     u = _Universe(full)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), n_accounts]))
@@ -485,12 +494,12 @@ def _dvol_mult(dvol: float, coin: np.ndarray) -> np.ndarray:
     return dvol * np.array([VOL_MULTIPLE[c] for c in COINS])[coin]
 
 
-def sample_book(n_accounts: int = 100, seed: int = 0, as_of=None):
+def sample_book(n_accounts: int = 100, seed: int = 0, as_of=None, market=None):
     """A generated, validated ``Book`` (for tests and examples)."""
     from .book import Book
     from .validate import validate
 
-    g = generate_book(n_accounts, seed, as_of)
+    g = generate_book(n_accounts, seed, as_of, market)
     tables = {k: g[k] for k in ("instruments", "market", "index", "positions", "balances")}
     clean, _, _ = validate(tables, g["meta"]["as_of"])
     return Book.from_frames(g["meta"]["as_of"], **clean)

@@ -14,7 +14,7 @@ import pytest
 from gpurisk.cli import main
 from gpurisk.generate import DEFAULT_AS_OF, expiry_calendar, generate_book, sample_book, strike_grid
 from gpurisk.io import TABLES, load_book, read_book_toml, write_book
-from gpurisk.marketdata import datasets_dir
+from gpurisk.market import shipped_dir
 from gpurisk.validate import validate
 
 
@@ -24,12 +24,12 @@ def g400():
 
 
 def _raw_close(coin: str, date: str) -> float:
-    df = pd.read_csv(datasets_dir() / "market" / "daily" / f"{coin}USDT_1d.csv")
+    df = pd.read_csv(shipped_dir() / "market" / "daily" / f"{coin}USDT_1d.csv")
     return float(df.loc[df["timestamp"] == date, "close"].iloc[0])
 
 
 def _raw_dvol(date: str) -> float:
-    df = pd.read_csv(datasets_dir() / "options" / "deribit_btc_dvol_daily.csv")
+    df = pd.read_csv(shipped_dir() / "options" / "deribit_btc_dvol_daily.csv")
     return float(df.loc[df["date"] == date, "dvol"].iloc[0]) / 100.0
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gpurisk.backends import reference
 from gpurisk.book import Book
-from gpurisk.marketdata import deribit_option_chain
+from gpurisk.market import open_store, shipped_dir
 from gpurisk.pricing import (
     VOL_ABSOLUTE,
     VOL_RELATIVE,
@@ -169,7 +169,7 @@ def test_deribit_chain_repriced_within_one_tick():
     search gives 13:48; every candidate from 13:30 to 14:10 UTC is within one tick). Pricing goes through the public book path:
     Book.from_frames -> pricing_inputs -> revalue_values, numeraire settlement.
     """
-    chain = deribit_option_chain()
+    chain = open_store(shipped_dir()).option_chain()
     assert chain["currency"].eq("BTC").all()
     book = _chain_book(chain, "2026-03-01T00:00:00Z")
     zero = make_scenario_set(["BTC"], [[0.0]])

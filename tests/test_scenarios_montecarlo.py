@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from gpurisk.errors import ScenarioError
-from gpurisk.marketdata import datasets_dir
+from gpurisk.market import shipped_dir
 from gpurisk.scenarios.montecarlo import estimate_targets, monte_carlo_scenarios, nearest_correlation
 
 AS_OF = "2024-07-01"
@@ -19,7 +19,7 @@ N = 100_000
 
 def independent_targets(coins, lookback=365, as_of=AS_OF):
     """Sample covariance of daily log returns and DVOL log changes, straight from the CSV files."""
-    d = datasets_dir()
+    d = shipped_dir()
     closes = pd.concat({c: pd.read_csv(d / "market" / "daily" / f"{c}USDT_1d.csv", index_col="timestamp",
                                        parse_dates=True)["close"] for c in coins}, axis=1)
     closes = closes.loc[: pd.Timestamp(as_of) - pd.Timedelta(days=1)]
@@ -45,7 +45,7 @@ def test_sample_targets_match_independent_estimate():
 
 def test_ewma_targets_match_independent_weights():
     sig, corr, _ = estimate_targets(AS_OF, COINS3, estimator="ewma", ewma_lambda=0.97)
-    d = datasets_dir()
+    d = shipped_dir()
     btc = pd.read_csv(d / "market" / "daily" / "BTCUSDT_1d.csv", index_col="timestamp", parse_dates=True)["close"]
     r = np.log(btc.loc[:"2024-06-30"]).diff().iloc[-365:].to_numpy()
     w = np.array([0.97**k for k in range(364, -1, -1)])

@@ -24,6 +24,7 @@ JAX runs on its default device (CPU or GPU). GPU memory is not preallocated:
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -35,7 +36,7 @@ import pandas as pd  # noqa: E402
 
 from ..book import to_utc_seconds  # noqa: E402
 from ..errors import ScenarioError  # noqa: E402
-from ..marketdata import COINS, daily_closes, dvol  # noqa: E402
+from ..market import COINS, market_store  # noqa: E402
 from .historical import _closes_until, ewma_sigma  # noqa: E402
 from .scenario_set import ScenarioSet  # noqa: E402
 
@@ -45,20 +46,26 @@ MAX_SCENARIOS = 5_000_000
 
 def estimate_targets(
     as_of, coins=COINS, lookback_days: int = 365, estimator: str = "ewma", ewma_lambda: float = 0.94,
-    closes: pd.DataFrame | None = None, dvol_series: pd.Series | None = None,
+    closes: pd.DataFrame | None = None, dvol_series: pd.Series | None = None, market=None,
 ):
-    """(sigma [U+1] daily, corr [U+1, U+1], info) of the coins' log returns and the vol factor (last)."""
+    """(sigma [U+1] daily, corr [U+1, U+1], info) of the coins' log returns and the vol factor (last).
+
+    History from ``market`` (a MarketStore, a folder, or None for the default store) as known at ``as_of``;
+    ``closes`` / ``dvol_series`` replace its closes / DVOL.
+    """
     coins = tuple(coins)
     if estimator not in ("ewma", "sample"):
         raise ScenarioError(f"estimator must be 'ewma' or 'sample', got {estimator!r}")
     if not (0.0 < ewma_lambda < 1.0):
         raise ScenarioError(f"ewma_lambda must be in (0, 1), got {ewma_lambda}")
     need = tuple(dict.fromkeys(("BTC",) + coins))
+    store = market_store(market) if closes is None or dvol_series is None else None
+    where = "the caller's closes" if closes is not None else store.name
     if closes is None:
-        bad = [c for c in need if c not in COINS]
+        bad = [c for c in need if not store.has_daily(c)]
         if bad:
-            raise ScenarioError(f"no daily history for {bad}; have {list(COINS)}")
-        closes = daily_closes(need)
+            raise ScenarioError(f"no daily history for {bad} in {store.name}; have {list(store.coins())}")
+        closes = store.daily_closes(need, as_of=as_of)
     closes = _closes_until(closes[list(need)].sort_index(), as_of)
     r = np.log(closes).diff().iloc[1:]
     r = r.iloc[-int(lookback_days):]
@@ -71,7 +78,7 @@ def estimate_targets(
             f"only {len(r)} days with a close for every coin in the {lookback_days} days to as-of {as_of}; "
             f"need {MIN_OBSERVATIONS}"
         )
-    dv = dvol() if dvol_series is None else dvol_series
+    dv = store.dvol(as_of=as_of) if dvol_series is None else dvol_series
     dv = _closes_until(dv.to_frame("dvol"), as_of)["dvol"]
     vf = np.log(dv).diff().reindex(r.index)
     if vf.notna().all():
@@ -95,7 +102,7 @@ def estimate_targets(
     corr = cov / np.outer(sigma, sigma)
     corr = nearest_correlation(corr)
     info = {"observations": int(n), "first": str(r.index[ok][0].date()), "last": str(r.index[ok][-1].date()),
-            "vol_factor": vol_source}
+            "vol_factor": vol_source, "history": where}
     return sigma, corr, info
 
 
@@ -110,17 +117,32 @@ def nearest_correlation(c: np.ndarray, floor: float = 1e-12) -> np.ndarray:
     return c / np.outer(d, d)
 
 
-def draw_factors(seed: int, n: int, corr: np.ndarray, distribution: str = "gaussian", dof: float = 5.0) -> np.ndarray:
-    """x [n, K] float64: unit-variance draws with correlation ``corr`` (JAX, deterministic per seed)."""
-    K = corr.shape[0]
-    L = np.linalg.cholesky(corr + 1e-14 * np.eye(K))
+@functools.lru_cache(maxsize=8)
+def _base_draws(seed: int, n: int, K: int, distribution: str, dof: float):
+    """(z [n, K] N(0, 1), w [n] χ²_dof or None) of ``seed``: the same for every correlation, so a rolling
+    backtest draws them once (JAX arrays, reused as they are: the results are the same bits)."""
     with jax.enable_x64(True):
         key = jax.random.key(int(seed))
         kz, kw = jax.random.split(key)
         z = jax.random.normal(kz, (n, K), dtype=jnp.float64)
+        w = jax.random.chisquare(kw, dof, shape=(n,), dtype=jnp.float64) if distribution == "student_t" else None
+    return z, w
+
+
+@functools.lru_cache(maxsize=8)
+def _scenario_ids(n: int) -> np.ndarray:
+    width = len(str(n - 1))
+    return np.array([f"mc{i:0{width}d}" for i in range(n)], dtype=object)
+
+
+def draw_factors(seed: int, n: int, corr: np.ndarray, distribution: str = "gaussian", dof: float = 5.0) -> np.ndarray:
+    """x [n, K] float64: unit-variance draws with correlation ``corr`` (JAX, deterministic per seed)."""
+    K = corr.shape[0]
+    L = np.linalg.cholesky(corr + 1e-14 * np.eye(K))
+    z, w = _base_draws(int(seed), int(n), int(K), distribution, float(dof))
+    with jax.enable_x64(True):
         x = z @ jnp.asarray(L).T
         if distribution == "student_t":
-            w = jax.random.chisquare(kw, dof, shape=(n,), dtype=jnp.float64)
             x = x * jnp.sqrt((dof - 2.0) / w)[:, None]
         return np.asarray(x, dtype=np.float64)
 
@@ -139,8 +161,10 @@ def monte_carlo_scenarios(
     vol_beta: float = 1.0,
     closes: pd.DataFrame | None = None,
     dvol_series: pd.Series | None = None,
+    market=None,
 ) -> ScenarioSet:
-    """Correlated Monte Carlo scenarios [n_scenarios, U] (model in the module docstring)."""
+    """Correlated Monte Carlo scenarios [n_scenarios, U] (model in the module docstring); history from
+    ``market`` as in ``estimate_targets``."""
     coins = tuple(str(c) for c in coins)
     if not coins or len(set(coins)) != len(coins):
         raise ScenarioError(f"coins must be a non-empty list without duplicates, got {list(coins)}")
@@ -153,20 +177,20 @@ def monte_carlo_scenarios(
         raise ScenarioError(f"Student-t needs dof > 2 for a finite variance, got {dof}")
     if not horizon_days > 0:
         raise ScenarioError(f"horizon_days must be > 0, got {horizon_days}")
-    sigma, corr, info = estimate_targets(as_of, coins, lookback_days, estimator, ewma_lambda, closes, dvol_series)
+    sigma, corr, info = estimate_targets(as_of, coins, lookback_days, estimator, ewma_lambda, closes, dvol_series,
+                                         market)
     x = draw_factors(seed, n, corr, distribution, dof)
     sq = np.sqrt(float(horizon_days))
     U = len(coins)
     price = np.expm1(x[:, :U] * (sigma[:U] * sq))
     betas = np.array([1.0 if c == "BTC" else float(vol_beta) for c in coins])
     vol = np.expm1(x[:, [U]] * (sigma[U] * sq) * betas[None, :])
-    width = len(str(n - 1))
-    ids = np.array([f"mc{i:0{width}d}" for i in range(n)], dtype=object)
+    ids = _scenario_ids(n).copy()
     src = (
         f"Monte Carlo ({distribution}{f', dof {dof:g}' if distribution == 'student_t' else ''}), seed {seed}, "
         f"{n} scenarios, horizon {horizon_days:g}d sqrt-scaled; {estimator} "
         f"{f'lambda {ewma_lambda:g} ' if estimator == 'ewma' else ''}covariance of daily log returns from "
-        f"datasets/market/daily ({', '.join(coins)}) {info['first']}..{info['last']} ({info['observations']} days) "
+        f"{info['history']} ({', '.join(coins)}) {info['first']}..{info['last']} ({info['observations']} days) "
         f"and vol factor ({info['vol_factor']}, beta {vol_beta:g}); JAX {jax.__version__} on {jax.default_backend()}"
     )
     return ScenarioSet(
