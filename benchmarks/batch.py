@@ -1,14 +1,17 @@
-"""Batch throughput: a job end to end on 1 vs 2 local Dask worker processes, plus Dask overhead.
+"""Batch throughput: a job end to end on 1 vs 2 local Dask worker processes, and the whole command.
 
-For each worker count the job runs on a fresh embedded LocalCluster: one warm-up
-run (sample-book cache, Numba compilation on the workers), then ``--repeat`` timed
-runs of which the fastest is reported (the machine may be shared). The
-baseline is the same models run in-process with ``gpurisk.margin.compute`` (no
-Dask, no chunking), measured in the same session. Dask overhead per task is
-measured two ways: the round trip of ``n`` empty tasks, and (tail-stats wall ×
-workers − Σ task compute) / tasks in the real run.
+For each worker count the job runs on a fresh embedded cluster, whose start-up is timed and
+reported separately. One warm-up run (sample-book cache, Numba's cache loaded on the workers),
+then ``--repeat`` timed runs of which the fastest is reported (the machine may be shared); a run
+is timed from submission (``run_job``) to its written outputs. The speed-up is the throughput
+of N workers over that of 1. The baseline is the same models run in-process with
+``gpurisk.margin.compute`` (no Dask, no chunking, no files), in the same session. Dask's own
+overhead per task is the round trip of ``--empty-tasks`` empty tasks.
 
-    python benchmarks/batch.py [--job jobs/intraday_margin.toml] [--accounts 2000] [--workers 1 2]
+``--cli`` also times the whole ``gpurisk run JOB`` command (a new process: imports, cluster
+start, the run, the summary) with warm caches, the fastest of ``--repeat`` after one warm-up.
+
+    python benchmarks/batch.py [--job jobs/intraday_margin.toml] [--accounts 100000] [--workers 1 2] [--cli]
 
 Prints a JSON document and a markdown table.
 """
@@ -20,6 +23,8 @@ import dataclasses
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +81,19 @@ def baseline(job, out: Path, backend: str) -> dict:
     return {"wall_s": time.perf_counter() - t, "accounts": int(book.n_accounts)}
 
 
+def time_cli(job_path: Path, out: Path, workers: int, repeat: int) -> dict:
+    """Wall seconds of the whole ``gpurisk run`` command (a fresh process each time), warm caches."""
+    cmd = [sys.executable, "-m", "gpurisk.cli", "run", str(job_path), "--out", str(out), "--workers", str(workers),
+           "--quiet"]
+    subprocess.run(cmd, check=True, capture_output=True)  # warm-up: caches filled
+    walls = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        walls.append(time.perf_counter() - t)
+    return {"command": " ".join(["gpurisk"] + cmd[3:]), "workers": workers, "wall_s": min(walls), "walls_s": walls}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--job", default=str(REPO / "jobs" / "intraday_margin.toml"))
@@ -84,68 +102,90 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default=None)
     ap.add_argument("--empty-tasks", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per worker count; the fastest is reported")
+    ap.add_argument("--cli", action="store_true", help="also time the whole `gpurisk run` command")
+    ap.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = ap.parse_args(argv)
 
     from gpurisk.batch import RunOptions, run_job
     from gpurisk.batch.cluster import open_client
     from gpurisk.config import load_job
 
-    job = load_job(args.job)
+    job_path = Path(args.job).resolve()
+    job = load_job(job_path)
     if args.accounts and job.book.sample is not None:
         job = dataclasses.replace(job, book=dataclasses.replace(
             job.book, sample=dataclasses.replace(job.book.sample, accounts=args.accounts)))
     backend = args.backend or job.backend
-    out = Path(tempfile.mkdtemp(prefix="gpurisk-bench-"))
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpurisk-bench-"))
     rows = []
     for n in args.workers:
+        t = time.perf_counter()
         with open_client(workers=n) as client:
+            start_s = time.perf_counter() - t
             opts = RunOptions(out=out, backend=backend, progress=False)
-            run_job(job, opts, client=client)  # warm-up (sample cache, Numba compile on workers)
+            run_job(job, opts, client=client)  # warm-up (sample cache, Numba's cache loaded on the workers)
             rep = min((run_job(job, opts, client=client) for _ in range(args.repeat)), key=lambda r: r.duration_s)
             per_empty = empty_task_overhead(client, args.empty_tasks)
-        t = rep.timings
-        wall_tail = t.get("tail_stats", 0.0)
-        tasks = rep.counts.get("chunks_computed", 0)
-        compute_s = rep.counts.get("task_compute_s", 0.0)
+        c = rep.counts
         rows.append({
             "workers": n,
-            "accounts": rep.counts["accounts"],
-            "chunks": tasks,
+            "accounts": c["accounts"],
+            "chunks": c.get("chunks_computed", 0),
+            "pnl_matrices": c.get("pnl_matrices", 0),
+            "cluster_start_s": start_s,
             "end_to_end_s": rep.duration_s,
-            "accounts_per_s": rep.counts["accounts"] / rep.duration_s,
-            "tail_stats_wall_s": wall_tail,
-            "task_compute_s": compute_s,
-            "overhead_per_task_s": (wall_tail * n - compute_s) / tasks if tasks else None,
+            "accounts_per_s": c["accounts"] / rep.duration_s,
+            "compute_wall_s": rep.timings.get("compute", 0.0),
+            "revalue_s": c.get("revalue_s", 0.0),
+            "task_compute_s": c.get("task_compute_s", 0.0),
             "empty_task_s": per_empty,
-            "stages": t,
+            "stages": rep.timings,
             "backend": rep.backend,
         })
+    one = next((r for r in rows if r["workers"] == 1), None)
+    for r in rows:
+        r["speedup_vs_1"] = (r["accounts_per_s"] / one["accounts_per_s"]) if one else None
     base = min((baseline(job, out, backend) for _ in range(args.repeat)), key=lambda b: b["wall_s"])
     parallel = {n: machine_parallelism(n) for n in args.workers if n > 1}
+    cli = None
+    if args.cli:
+        jp = job_path
+        if args.accounts and job.book.sample is not None:  # the command reads a job file: write one with the size
+            text = job_path.read_text(encoding="utf-8")
+            jp = out / "bench_job.toml"
+            text = re.sub(r"accounts\s*=\s*\d+", f"accounts = {args.accounts}", text, count=1)
+            text = re.sub(r'params_file\s*=\s*"([^"]+)"',
+                          lambda m: f'params_file = "{(job_path.parent / m.group(1)).resolve()}"', text)
+            jp.write_text(text, encoding="utf-8")
+        cli = time_cli(jp, out, max(args.workers), args.repeat)
     doc = {
         "machine_parallel_speedup": parallel,
-        "job": Path(args.job).name,
+        "job": job_path.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+                    "processor": platform.processor() or platform.machine(), "load_avg": os.getloadavg()},
         "command": "python benchmarks/batch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "in_process_baseline": base,
         "runs": rows,
+        "cli": cli,
     }
     print(json.dumps(doc, indent=2))
     print()
-    print("| workers | accounts | chunks | end-to-end s | accounts/s | tail-stats wall s | Σ task compute s "
-          "| overhead/task ms (wall·N−compute) | empty task ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| workers | accounts | tasks | cluster start s | submission to outputs s | accounts/s | speed-up vs 1 "
+          "| compute wall s | Σ revalue s | Σ tail-task s | empty task ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ov = "n/a" if r["overhead_per_task_s"] is None else f"{1e3 * r['overhead_per_task_s']:.1f}"
-        print(f"| {r['workers']} | {r['accounts']:,} | {r['chunks']} | {r['end_to_end_s']:.2f} | "
-              f"{r['accounts_per_s']:,.0f} | {r['tail_stats_wall_s']:.2f} | {r['task_compute_s']:.2f} | {ov} | "
-              f"{1e3 * r['empty_task_s']:.2f} |")
-    print(f"| in-process (no Dask) | {base['accounts']:,} | - | {base['wall_s']:.2f} (compute only) | "
-          f"{base['accounts'] / base['wall_s']:,.0f} | - | - | - | - |")
+        sp = "-" if r["speedup_vs_1"] is None else f"{r['speedup_vs_1']:.2f}x"
+        print(f"| {r['workers']} | {r['accounts']:,} | {r['chunks'] + r['pnl_matrices']} | {r['cluster_start_s']:.2f} "
+              f"| {r['end_to_end_s']:.2f} | {r['accounts_per_s']:,.0f} | {sp} | {r['compute_wall_s']:.2f} "
+              f"| {r['revalue_s']:.2f} | {r['task_compute_s']:.2f} | {1e3 * r['empty_task_s']:.2f} |")
+    print(f"| in-process (no Dask) | {base['accounts']:,} | - | - | {base['wall_s']:.2f} (compute only) | "
+          f"{base['accounts'] / base['wall_s']:,.0f} | - | - | - | - | - |")
     for n, sp in parallel.items():
         print(f"\nmachine check: {n} CPU-bound processes run {sp:.2f}x as fast as one (ideal {n}x)")
+    if cli:
+        print(f"\nwhole command, {cli['workers']} workers, warm caches: {cli['wall_s']:.2f} s (fastest of "
+              f"{', '.join(f'{w:.2f}' for w in cli['walls_s'])})")
     print("\nstages (s): " + "; ".join(
         f"{r['workers']} worker(s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items()) for r in rows))
     return 0

@@ -1,4 +1,4 @@
-"""The batch layer's coverage check (``runner.model_coverage``) on the real margin models.
+"""The batch layer's coverage check (``summary.model_coverage``) on the real margin models.
 
 Independent source: the account × venue pairs counted here straight from the book's
 positions and balances tables, not from the models' own ``coverage``.
@@ -15,7 +15,7 @@ from gpurisk.book import Book
 from gpurisk.generate import generate_book
 from gpurisk.margin import deribit, measures, okx, venue
 from gpurisk.margin.plan import MarginResult, execute
-from gpurisk.batch.runner import model_coverage
+from gpurisk.batch.summary import model_coverage
 
 
 @pytest.fixture(scope="module")

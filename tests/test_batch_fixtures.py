@@ -1,7 +1,8 @@
 """Small books, a toy margin model and job files for the batch tests.
 
 The toy model is a minimal implementation of the margin-model contract
-(``Params``/``load_params``/``plan``/``finalize``) with two legs (by account and
+(``Params``/``load_params``/``plan``/``finalize``/``coverage``, the standard columns of
+``gpurisk.margin.plan``) with two legs (by account and
 by account × venue) over a seeded scenario set, so the batch machinery is tested
 independently of the real models. Its expected numbers come from the NumPy
 reference backend run in-process (``gpurisk.margin.plan.execute``).
@@ -11,6 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import random
+import signal
+import threading
+import time
 import tomllib
 import types
 from pathlib import Path
@@ -20,7 +26,8 @@ import pandas as pd
 
 from gpurisk.backends import MeasureSpec
 from gpurisk.book import Book
-from gpurisk.margin.plan import Leg, MarginResult, Plan
+from gpurisk.margin.calls import CallParams, calls_table
+from gpurisk.margin.plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
 from gpurisk.pricing import pricing_inputs
 from gpurisk.scenarios.scenario_set import make_scenario_set
 
@@ -100,7 +107,6 @@ class ToyParams:
     n_scenarios: int = 200
     seed: int = 7
     level: float = 0.99
-    call_threshold: float = 50_000.0
 
 
 def toy_scenarios(book: Book, p: ToyParams):
@@ -121,32 +127,35 @@ def toy_plan(book: Book, params: ToyParams | None = None, scenarios=None) -> Pla
         "account": Leg("account", pi, sset, "usd", book.portfolios("account"), spec),
         "venue": Leg("venue", pi, sset, "usd", book.portfolios("account_venue"), spec),
     }
-    return Plan("toy", legs, {"params": p})
+    return Plan("toy", legs, {"params": p, "book": book})
+
+
+def toy_coverage(plan: Plan) -> pd.DataFrame:
+    """Every account of the book, cross-venue (the toy's ``margin`` rows)."""
+    return pd.DataFrame({"account_id": np.asarray(plan.context["book"].accounts, dtype=object), "venue": ALL_VENUES})
 
 
 def toy_finalize(plan: Plan, stats) -> MarginResult:
-    p = plan.context["params"]
+    """The standard columns (IM = max(ES99, 0), MM = 0.8·IM, equity = the account's balances at 1 USD each),
+    plus the toy's own measures, a ``by_venue`` table and the ``calls`` table."""
+    p, book = plan.context["params"], plan.context["book"]
     acc, ven = plan.legs["account"].portfolios, plan.legs["venue"].portfolios
-    margin = pd.DataFrame({
-        "account_id": acc.key["account_id"],
-        "venue": "all",
-        "im_usd": np.maximum(stats["account"].es[:, 0], 0.0),
-        "var_usd": stats["account"].var[:, 0],
-        "worst_usd": stats["account"].worst,
-        "worst_scenario": stats["account"].worst_scenario,
-    })
+    im = np.maximum(stats["account"].es[:, 0], 0.0)
+    equity = np.bincount(book.balances.account_idx, weights=book.balances.amount, minlength=book.n_accounts)
+    margin = standard_frame(acc.key["account_id"], ALL_VENUES, "toy", "USD", im, 0.8 * im,
+                            equity[acc.account_idx], call_params=CallParams())
+    margin["var_usd"] = stats["account"].var[:, 0]
+    margin["worst_usd"] = stats["account"].worst
+    margin["worst_scenario"] = stats["account"].worst_scenario
     by_venue = pd.DataFrame({
         "account_id": ven.key["account_id"],
         "venue": ven.key["venue"],
         "im_usd": np.maximum(stats["venue"].es[:, 0], 0.0),
         "es975_usd": stats["venue"].es[:, 1],
     })
-    calls = pd.DataFrame({
-        "account_id": margin["account_id"],
-        "status": np.where(margin["im_usd"] > p.call_threshold, "call", "ok"),
-    })
-    return MarginResult("toy", {"margin": margin, "by_venue": by_venue, "calls": calls},
-                        {"accounts": int(len(margin)), "total_im_usd": float(margin["im_usd"].sum())})
+    units = {"margin": {"var_usd": "USD", "worst_usd": "USD"}, "by_venue": {"im_usd": "USD", "es975_usd": "USD"}}
+    return MarginResult("toy", {"margin": margin, "by_venue": by_venue, "calls": calls_table(margin)},
+                        {"accounts": int(len(margin)), "total_im_usd": float(margin["im_usd"].sum())}, units)
 
 
 def toy_load_params(path=None) -> ToyParams:
@@ -156,7 +165,8 @@ def toy_load_params(path=None) -> ToyParams:
     return ToyParams(**data)
 
 
-TOY = types.SimpleNamespace(Params=ToyParams, load_params=toy_load_params, plan=toy_plan, finalize=toy_finalize)
+TOY = types.SimpleNamespace(Params=ToyParams, load_params=toy_load_params, plan=toy_plan, finalize=toy_finalize,
+                            coverage=toy_coverage)
 
 
 def get_model(name: str):
@@ -178,11 +188,83 @@ def write_job(folder: Path, book: str = "book", chunk_size="auto", extra: str = 
     return path
 
 
-def read_outputs(run_dir: Path) -> dict[str, bytes]:
-    """{relative path: bytes} of every Parquet result of a run."""
+def read_outputs(run_dir: Path) -> dict:
+    """{relative path: Arrow table} of every Parquet result of a run, without the file metadata (which
+    names the run): two runs with equal outputs compare equal."""
+    import pyarrow.parquet as pq
+
     run_dir = Path(run_dir)
-    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*.parquet"))
-            if "chunks" not in p.parts}
+    return {p.relative_to(run_dir).as_posix(): pq.read_table(p).replace_schema_metadata(None)
+            for p in sorted(run_dir.rglob("*.parquet")) if "chunks" not in p.parts}
+
+
+def plain(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a fresh index and its string and categorical columns as object (comparable across writers)."""
+    df = df.reset_index(drop=True).copy()
+    for c in df.columns:
+        if isinstance(df[c].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(df[c].dtype):
+            df[c] = df[c].astype(object)
+    return df
+
+
+def read_frame(path) -> pd.DataFrame:
+    """A Parquet table as pandas, its dictionary-encoded labels as plain strings."""
+    return plain(pd.read_parquet(path))
+
+
+# ----------------------------------------------------------------------------- killing workers for real
+
+
+def worker_pids(exclude=()) -> list[int]:
+    """Dask worker processes (multiprocessing spawn children) of this test process, oldest first."""
+    import psutil
+
+    out = []
+    for ch in psutil.Process().children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(ch.cmdline()) and ch.pid not in exclude:
+                out.append((ch.create_time(), ch.pid))
+        except psutil.Error:
+            continue
+    return [pid for _, pid in sorted(out)]
+
+
+class KillAtStart(threading.Thread):
+    """SIGKILLs the first worker process that appears (while the cluster is starting)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.before = set(worker_pids())
+        self.killed = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set() and not self.killed:
+            for pid in worker_pids(self.before):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                except ProcessLookupError:
+                    continue
+                break
+            time.sleep(0.002)
+
+
+class KillAfter(threading.Thread):
+    """SIGKILLs a random worker process of the cluster ``seconds`` after it is started."""
+
+    def __init__(self, seconds: float, rng: random.Random, exclude=()):
+        super().__init__(daemon=True)
+        self.seconds, self.rng, self.exclude = seconds, rng, set(exclude)
+        self.killed = []
+
+    def run(self):
+        time.sleep(self.seconds)
+        pids = worker_pids(self.exclude)
+        if pids:
+            victim = self.rng.choice(pids)
+            os.kill(victim, signal.SIGKILL)
+            self.killed.append(victim)
 
 
 def test_toy_model_matches_in_process_reference(tmp_path):

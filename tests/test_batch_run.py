@@ -1,27 +1,33 @@
 """Batch runs on a real ``distributed.LocalCluster`` (2 worker processes) with the toy model.
 
 Independent source: the same plan run in-process on the NumPy reference backend
-without any chunking (``gpurisk.margin.plan.execute``).
+without any chunking (``gpurisk.margin.plan.execute``). Lost workers are real: the
+worker process gets SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from gpurisk.backends import TailStats
-from gpurisk.batch import JobError, RunOptions, format_summary, run_job
+from gpurisk.batch import JobError, ResumeError, RunOptions, format_summary, run_job
+from gpurisk.batch import cluster, pnl
 from gpurisk.batch.cluster import open_client
 from gpurisk.config import load_job
+from gpurisk.margin.output import read_metadata
 from gpurisk.margin.plan import execute
 
-from test_batch_fixtures import (LoadedBook, get_model, load_book, read_outputs, toy_finalize, toy_plan,
-                                 write_book_folder, write_job)
+from test_batch_fixtures import (KillAfter, KillAtStart, LoadedBook, get_model, load_book, plain, read_frame,
+                                 read_outputs, toy_finalize, toy_plan, worker_pids, write_book_folder, write_job)
 
 N_ACCOUNTS = 240
 
@@ -44,38 +50,85 @@ def _run(job, client, **kw):
                    on_chunk=on_chunk)
 
 
+def _reference(job, n_scenarios=300):
+    book = load_book(job.book.path).book
+    plan = toy_plan(book, get_model("house").Params(n_scenarios=n_scenarios))
+    stats, _ = execute(plan, "reference")
+    return toy_finalize(plan, stats)
+
+
+def _gpu_usable() -> bool:
+    from gpurisk.backends import BackendUnavailable, get
+
+    try:
+        get("gpu")
+        return True
+    except BackendUnavailable:
+        return False
+
+
 def test_matches_in_process_reference(job, client2):
     rep = _run(job, client2)
     assert rep.status == "succeeded"
     book = load_book(job.book.path).book
     n_venue = len(book.portfolios("account_venue"))
     assert rep.counts["chunks_total"] == int(np.ceil(N_ACCOUNTS / 11)) + int(np.ceil(n_venue / 11))
-    plan = toy_plan(book, get_model("house").Params(n_scenarios=300))
-    stats, _ = execute(plan, "reference")
-    want = toy_finalize(plan, stats).tables
-    for name, df in want.items():
-        got = pd.read_parquet(rep.run_dir / "house" / f"{name}.parquet")
-        pd.testing.assert_frame_equal(got, df.reset_index(drop=True), check_dtype=False, rtol=0, atol=0)
+    want = _reference(job)
+    for name, df in want.tables.items():
+        got = read_frame(rep.run_dir / "house" / f"{name}.parquet")
+        pd.testing.assert_frame_equal(got, plain(df), check_dtype=False, rtol=0, atol=0)
     man = json.loads((rep.run_dir / "manifest.json").read_text())
     assert man["status"] == "succeeded" and man["input_hash"] and man["code"]["version"]
     assert {c["backend"] for c in man["chunks"]} == {"reference"}
     assert len(man["chunks"]) == rep.counts["chunks_total"]
     assert set(man["inputs"]) >= {"job", "book/positions.parquet", "book/book.toml"}
     assert man["counts"]["balanced"] and man["counts"]["accounts"] == N_ACCOUNTS
+    assert man["as_of"] == "2026-03-02T08:00:00Z" == rep.as_of
+    # one revaluation for the two legs (they share pricing and scenarios), on a worker, shared through a file
+    (name, p), = man["pnl"]["matrices"].items()
+    assert p["shape"] == [7, 300] and p["backend"] == "reference" and p["where"] in ("shm", "disk")
+    assert p["worker"].split(":")[1] != str(os.getpid())
+    assert rep.counts["pnl_matrices"] == 1
     assert (rep.run_dir / "metrics.prom").is_file() and (job.output / "gpurisk_toy.prom").is_file()
     # every account of the book has a margin row, recorded per model
     cov = man["coverage"]["house"]
     assert cov == rep.coverage["house"]
     assert (cov["expected"], cov["covered"], cov["missing"], cov["complete"]) == (N_ACCOUNTS, N_ACCOUNTS, 0, True)
-    assert f"coverage house: {N_ACCOUNTS}/{N_ACCOUNTS} account_id" in format_summary(rep)
+    text = format_summary(rep)
+    assert f"coverage house: {N_ACCOUNTS}/{N_ACCOUNTS} account_id×venue" in text
+    assert "as of 2026-03-02T08:00:00Z" in text
+    # run-level figures from the standard columns, checked against the reference result
+    m = want.tables["margin"]
+    fig = rep.figures["house"]
+    assert fig["total_im_usd"] == pytest.approx(m["im_usd"].sum(), rel=1e-12)
+    assert fig["total_equity_usd"] == pytest.approx(m["equity_usd"].sum(), rel=1e-12)
+    assert fig["total_call_amount_usd"] == pytest.approx(m["call_amount_usd"].sum(), rel=1e-12)
+    short = m[m["excess_usd"] < 0]
+    assert (fig["deficits"], fig["total_deficit_usd"]) == (len(short), pytest.approx(-short["excess_usd"].sum()))
+    top = m.sort_values("im_usd", ascending=False, kind="stable").head(5)
+    assert [a["account_id"] for a in fig["largest_accounts"]] == list(top["account_id"])
+    run_summary = json.loads((rep.run_dir / "summary.json").read_text())
+    assert run_summary["as_of"] == rep.as_of and run_summary["models"]["house"]["total_im_usd"] == fig["total_im_usd"]
+    # every Parquet file states the run, the as-of, the parameters and its units
+    meta = read_metadata(rep.run_dir / "house" / "margin.parquet")
+    assert meta["run_id"] == rep.run_id and meta["as_of"] == rep.as_of and meta["job"] == "toy"
+    assert meta["parameters"]["params"]["n_scenarios"] == 300 and meta["units"]["im_usd"] == "USD"
+    assert pd.read_parquet(rep.run_dir / "house" / "margin.parquet")["status"].dtype == "category"
+    # checkpoints are pruned after a successful run; the scratch P is gone
+    assert not (rep.run_dir / "chunks").exists() and man["checkpoints"]["pruned_bytes"] > 0
+    assert not (rep.run_dir / "scratch").exists()
+    assert not any(p.name.startswith(f"gpurisk-{os.getpid()}-{rep.run_id}") for p in Path(pnl.SHM_ROOT).glob("*"))
 
 
-def test_second_run_is_byte_identical(job, client2):
+def test_second_run_is_identical_and_reports_the_change(job, client2):
     a = _run(job, client2)
     b = _run(job, client2, chunk_size=37)  # other chunking, same inputs
     assert a.run_id != b.run_id
     oa, ob = read_outputs(a.run_dir), read_outputs(b.run_dir)
     assert oa and oa == ob
+    ch = b.changes["house"]
+    assert ch["previous_run"] == a.run_id and ch["change_usd"] == 0.0 and ch["change_pct"] == 0.0
+    assert f"vs run {a.run_id}" in format_summary(b)
 
 
 def test_one_and_two_workers_identical(job, client2):
@@ -86,26 +139,99 @@ def test_one_and_two_workers_identical(job, client2):
     assert read_outputs(one.run_dir) == read_outputs(two.run_dir)
 
 
-def test_killed_worker_gives_same_result(tmp_path, client2):
+def test_keep_checkpoints_keeps_them(job, client2):
+    rep = _run(job, client2, keep_checkpoints=True)
+    saved = list((rep.run_dir / "chunks").rglob("*.npz"))
+    assert len(saved) == rep.counts["chunks_total"]
+    assert json.loads((rep.run_dir / "manifest.json").read_text())["checkpoints"] == "kept"
+
+
+# ----------------------------------------------------------------------------- lost workers
+
+
+@pytest.fixture()
+def slow_job(tmp_path):
     write_book_folder(tmp_path / "book", N_ACCOUNTS)
-    job = load_job(write_job(tmp_path, chunk_size=4, n_scenarios=3000))
-    base = _run(job, client2)
-    with open_client(workers=2) as c:
-        pids = c.run(os.getpid)
-        victim = sorted(pids.values())[0]
-        killed = []
+    return load_job(write_job(tmp_path, chunk_size=10, n_scenarios=3000))
 
-        def kill_one(done, total):
-            if not killed:
-                assert done < total  # tasks are still in flight
-                os.kill(victim, signal.SIGKILL)
-                killed.append(victim)
 
-        rep = _run(job, c, on_chunk=kill_one)
-        assert killed
+@pytest.mark.slow
+def test_worker_killed_at_start_and_at_the_first_checkpoint(slow_job, client2):
+    """The acceptance case: one worker SIGKILLed while the embedded cluster starts, another just after the
+    first chunk is checkpointed; same outputs as an undisturbed run, and the run succeeds."""
+    base = _run(slow_job, client2)
+    at_start = KillAtStart()
+    killed = []
+
+    def at_checkpoint(done, total):
+        if not killed:
+            assert done < total  # tasks are still in flight
+            pids = worker_pids(at_start.before)
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    at_start.start()
+    try:
+        rep = run_job(slow_job, RunOptions(workers=2), get_model=get_model, book_loader=load_book,
+                      on_chunk=at_checkpoint)
+    finally:
+        at_start.stop.set()
+        at_start.join()
+    assert at_start.killed and killed and rep.status == "succeeded"
+    for pid in at_start.killed + killed:
         with pytest.raises(ProcessLookupError):
-            os.kill(victim, 0)
-        assert read_outputs(rep.run_dir) == read_outputs(base.run_dir)
+            os.kill(pid, 0)
+    assert read_outputs(rep.run_dir) == read_outputs(base.run_dir)
+
+
+def _random_kill_run(job, base, seed: int):
+    rng = random.Random(seed)
+    with open_client(workers=2) as c:
+        existing = set(worker_pids()) - set(c.run(os.getpid).values())
+        killer = KillAfter(rng.uniform(0.0, 1.5), rng, exclude=existing)
+        killer.start()
+        rep = _run(job, c)
+        killer.join()
+    assert rep.status == "succeeded"
+    assert read_outputs(rep.run_dir) == read_outputs(base.run_dir)
+    return killer.killed
+
+
+@pytest.mark.slow
+def test_worker_killed_at_a_random_moment(slow_job, client2):
+    base = _run(slow_job, client2)
+    _random_kill_run(slow_job, base, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2, 8))
+def test_worker_killed_at_random_moments(slow_job, client2, seed):
+    base = _run(slow_job, client2)
+    _random_kill_run(slow_job, base, seed)
+
+
+def test_cluster_start_is_retried_when_a_worker_dies(monkeypatch):
+    """A start that fails (here: the first attempt raises as a dead nanny does) is retried, logged, then succeeds."""
+    calls = []
+    real = cluster._local_cluster
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Nanny failed to start.")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cluster, "_local_cluster", flaky)
+    with open_client(workers=1) as c:
+        assert cluster.n_workers(c) == 1
+    assert len(calls) == 2
+    monkeypatch.setattr(cluster, "_local_cluster", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(cluster.ClusterError, match=f"after {cluster.START_ATTEMPTS} attempts: RuntimeError: no"):
+        with open_client(workers=1):
+            pass
+
+
+# ----------------------------------------------------------------------------- resume and failures
 
 
 def test_resume_after_failure(job, client2):
@@ -122,7 +248,7 @@ def test_resume_after_failure(job, client2):
     failed = runs[-1]
     man = json.loads((failed / "manifest.json").read_text())
     assert man["status"] == "failed" and "injected failure" in man["error"]
-    saved = list((failed / "chunks").rglob("*.npz"))
+    saved = list((failed / "chunks").rglob("*.npz"))  # a failed run keeps its checkpoints
     assert len(saved) >= 5
     alerts = [json.loads(x) for x in (job.output / "alerts.jsonl").read_text().splitlines()]
     assert any(a["alert"] == "job_failure" and a["run_id"] == failed.name for a in alerts)
@@ -132,6 +258,7 @@ def test_resume_after_failure(job, client2):
     assert rep.counts["chunks_resumed"] + rep.counts["chunks_computed"] == rep.counts["chunks_total"]
     assert read_outputs(rep.run_dir) == read_outputs(full.run_dir)
     assert json.loads((failed / "manifest.json").read_text())["status"] == "succeeded"
+    assert not (failed / "chunks").exists()
 
 
 def test_resume_with_changed_inputs_is_refused(job, client2):
@@ -140,11 +267,11 @@ def test_resume_with_changed_inputs_is_refused(job, client2):
     df = pd.read_parquet(pos)
     df.loc[0, "quantity"] += 1.0
     df.to_parquet(pos, index=False)
-    with pytest.raises(JobError, match="inputs differ"):
+    with pytest.raises(ResumeError, match="inputs differ"):
         _run(job, client2, resume=rep.run_id)
 
 
-def test_failing_task_fails_run_with_one_line(job, client2, monkeypatch):
+def test_failing_finalize_fails_run_with_one_line(job, client2, monkeypatch):
     bad = get_model("house")
 
     def bad_finalize(plan, stats):
@@ -156,6 +283,19 @@ def test_failing_task_fails_run_with_one_line(job, client2, monkeypatch):
     assert "ValueError: model exploded second line" in str(err.value) and "\n" not in str(err.value)
     prom = (job.output / "gpurisk_toy.prom").read_text()
     assert 'gpurisk_run_success{job="toy"} 0' in prom
+
+
+def test_model_that_breaks_the_output_contract_fails_the_run(job, client2, monkeypatch):
+    model = get_model("house")
+
+    def inf_finalize(plan, stats):
+        res = toy_finalize(plan, stats)
+        res.tables["margin"].loc[2, "im_usd"] = np.inf
+        return res
+
+    monkeypatch.setattr(model, "finalize", inf_finalize)
+    with pytest.raises(JobError, match=r"account A\d+ \(venue ALL\) has im_usd = inf, which cannot be right"):
+        _run(job, client2)
 
 
 def test_model_that_drops_an_account_fails_the_run(job, client2, monkeypatch):
@@ -171,11 +311,11 @@ def test_model_that_drops_an_account_fails_the_run(job, client2, monkeypatch):
     with pytest.raises(JobError) as err:
         _run(job, client2)
     msg = str(err.value)
-    assert "\n" not in msg and f"model house covers {N_ACCOUNTS - 1:,} of {N_ACCOUNTS:,} account_id" in msg
-    assert "1 missing, e.g. A00003" in msg
+    assert "\n" not in msg and f"model house covers {N_ACCOUNTS - 1:,} of {N_ACCOUNTS:,} account_id×venue" in msg
+    assert "1 missing, e.g. A00003/ALL" in msg
     run_dir = next(p for p in job.output.iterdir() if (p / "manifest.json").is_file())
     man = json.loads((run_dir / "manifest.json").read_text())
-    assert man["status"] == "failed" and man["coverage"]["house"]["missing_examples"] == ["A00003"]
+    assert man["status"] == "failed" and man["coverage"]["house"]["missing_examples"] == ["A00003/ALL"]
     assert not (job.output / "last_run-toy.json").exists()
 
 
@@ -220,30 +360,98 @@ def test_empty_chunks_concat_in_order():
         np.testing.assert_array_equal(getattr(got, f), getattr(whole, f))
 
 
-def test_gpu_tasks_carry_the_resource_and_fall_back_on_cpu_workers(job):
-    """Workers that declare GPU=1 but have no usable GPU: tasks still run, on the CPU, and count fallbacks."""
-    from gpurisk.backends import BackendUnavailable, get
+# ----------------------------------------------------------------------------- the backend, resolved once
 
-    try:
-        get("gpu")
+
+def test_explicit_gpu_without_a_gpu_is_a_one_line_error(job):
+    if _gpu_usable():
+        pytest.skip("a usable GPU is present")
+    t = time.perf_counter()
+    with pytest.raises(JobError, match="backend 'gpu' is not usable here.*use --backend auto") as err:
+        run_job(job, RunOptions(backend="gpu"), get_model=get_model, book_loader=load_book)
+    assert "\n" not in str(err.value) and time.perf_counter() - t < 60
+
+
+def test_gpu_on_a_cluster_without_gpu_workers_fails_fast(job, client2):
+    """An explicit gpu on a scheduler whose workers declare no GPU: one line, never a wait for resources."""
+    with pytest.raises(JobError, match=r"none of the 2 worker\(s\) of the Dask scheduler declares a GPU"):
+        _run(job, client2, backend="gpu")
+
+
+def test_gpu_cluster_has_one_worker_per_device(job):
+    """One worker per device (its own CUDA_VISIBLE_DEVICES, GPU=1); where those devices cannot run the GPU
+    backend, an explicit ``gpu`` is refused before any work."""
+    if _gpu_usable():
+        pytest.skip("a usable GPU is present")
+    with open_client(gpu=True, devices=["0", "1"]) as c:
+        env = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(env.values()) == ["0", "1"] and cluster.gpu_workers(c) == 2 == cluster.n_workers(c)
+        with pytest.raises(JobError, match="backend 'gpu' is not usable here"):
+            _run(job, c, backend="gpu")
+
+
+@pytest.mark.slow
+def test_auto_falls_back_on_gpu_workers_without_a_usable_device(job):
+    """``auto`` on workers that declare a GPU they cannot use: tasks run there, on the CPU, counted."""
+    if _gpu_usable():
         pytest.skip("a usable GPU is present: no fallback to observe")
-    except BackendUnavailable:
-        pass
-    with open_client(workers=1, gpu=True) as c:
-        from gpurisk.batch.cluster import gpu_workers
-
-        assert gpu_workers(c) == 1
-        rep = _run(job, c, backend="gpu")
+    with open_client(gpu=True, devices=["0"]) as c:
+        rep = _run(job, c, backend="auto")
     assert rep.counts["gpu_fallbacks"] >= rep.counts["chunks_computed"] > 0
+    assert rep.backend == "auto->cpu"
     man = json.loads((rep.run_dir / "manifest.json").read_text())
-    assert {ch["backend"] for ch in man["chunks"]} == {"cpu"}
-    book = load_book(job.book.path).book
-    plan = toy_plan(book, get_model("house").Params(n_scenarios=300))
-    stats, _ = execute(plan, "reference")
-    want = toy_finalize(plan, stats).tables["margin"]
-    got = pd.read_parquet(rep.run_dir / "house" / "margin.parquet")
+    assert {ch["backend"] for ch in man["chunks"]} == {"cpu"} and man["backend"]["resources"] == {"GPU": 1}
+    want = _reference(job).tables["margin"]
+    got = read_frame(rep.run_dir / "house" / "margin.parquet")
     np.testing.assert_allclose(got["im_usd"], want["im_usd"], rtol=1e-9, atol=1e-6)
     assert (got["worst_scenario"] == want["worst_scenario"]).all()
+
+
+def test_choose_backend_rules():
+    W = cluster.Workers
+    assert cluster.choose_backend("cpu", W(2, 0, True)).name == "cpu"
+    assert cluster.choose_backend("reference", W(2, 0, False)).name == "reference"
+    remote_gpu = cluster.choose_backend("gpu", W(3, 2, False))
+    assert (remote_gpu.name, remote_gpu.resources) == ("gpu", {"GPU": 1})
+    assert cluster.choose_backend("auto", W(3, 1, False)).name == "gpu"
+    assert cluster.choose_backend("auto", W(3, 0, False)).name == "cpu"
+    with pytest.raises(cluster.BackendError, match="none of the 3 worker"):
+        cluster.choose_backend("gpu", W(3, 0, False))
+    emb = cluster.choose_backend("auto")
+    assert emb.name == ("gpu" if _gpu_usable() else "cpu") and emb.gpu_cluster == (emb.name == "gpu")
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_p_above_the_memory_budget_is_revalued_in_blocks_on_disk(slow_job, client2):
+    base = _run(slow_job, client2)
+    rep = _run(slow_job, client2, memory_budget_mb=0.01)  # 10 KiB: P (7 × 3000 × 8 bytes) is 16 times larger
+    assert read_outputs(rep.run_dir) == read_outputs(base.run_dir)
+    (p,) = json.loads((rep.run_dir / "manifest.json").read_text())["pnl"]["matrices"].values()
+    assert p["where"] == "disk" and p["blocks"] == int(np.ceil(3000 / p["block_scenarios"])) > 10
+    assert not (rep.run_dir / "scratch").exists()
+
+
+def test_p_that_fits_nowhere_is_a_one_line_error_naming_its_size(job, client2, monkeypatch):
+    monkeypatch.setattr(pnl, "free_bytes", lambda folder: 1000)
+    with pytest.raises(JobError, match=r"needs 16,800 bytes .* more than the 1,000 bytes .* free") as err:
+        _run(job, client2, memory_budget_mb=0.001)
+    assert "\n" not in str(err.value)
+
+
+def test_multi_host_cluster_keeps_p_in_worker_memory(job, client2, monkeypatch):
+    base = _run(job, client2)
+    monkeypatch.setattr(cluster, "workers_of", lambda c: cluster.Workers(2, 0, False))
+    rep = _run(job, client2)
+    assert read_outputs(rep.run_dir) == read_outputs(base.run_dir)
+    (p,) = json.loads((rep.run_dir / "manifest.json").read_text())["pnl"]["matrices"].values()
+    assert p["where"] == "memory"
+    with pytest.raises(JobError, match=r"needs 16,800 bytes .* above the memory budget .* several hosts"):
+        _run(job, client2, memory_budget_mb=0.001)
+
+
+# ----------------------------------------------------------------------------- sources and clusters
 
 
 def test_snapshots_source_takes_the_latest_and_records_params(tmp_path, client2):
@@ -268,8 +476,6 @@ def test_scheduler_address_submits_to_a_running_cluster(job, client2, monkeypatc
     assert via_addr.workers == 2 and "cluster" in via_addr.timings
     direct = _run(job, client2)
     assert read_outputs(via_addr.run_dir) == read_outputs(direct.run_dir)
-    from gpurisk.batch import cluster
-
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2.0)
     with pytest.raises(JobError, match="cannot reach the Dask scheduler"):
         run_job(job, RunOptions(scheduler="tcp://127.0.0.1:1", progress=False), get_model=get_model,

@@ -136,3 +136,98 @@ def test_cli_schedule_stops_cleanly_on_sigterm(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, "".join(lines) + err
     assert (tmp_path / "out" / ".schedule.lock").exists() and not list((tmp_path / "out").glob("2*"))
+
+
+def test_stop_signals_first_stops_after_the_run_second_stops_the_run():
+    """``gpurisk schedule``'s handler: the first signal asks the scheduler to stop (the run in progress
+    goes on); a second during a run raises ``Interrupted`` there (the runner records the run); a signal
+    while that unwinds is ignored, and a raise that got lost is made again."""
+    from gpurisk.commands.schedule import ScheduleSignals
+    from gpurisk.commands.signals import Interrupted
+
+    s = Scheduler(ScheduleConfig(interval_minutes=10), lambda: True)
+    h = ScheduleSignals(s)
+    try:
+        h.in_run = True
+        h(signal.SIGTERM)
+        assert s.stop_event.is_set()
+        h.check()  # only asked to stop after the run: nothing to raise
+        with pytest.raises(Interrupted) as exc:
+            h(signal.SIGTERM)
+        assert exc.value.signum == signal.SIGTERM and exc.value.exit_code == 143
+        try:
+            raise exc.value
+        except Interrupted:
+            h(signal.SIGINT)  # while the stop unwinds (the run being recorded): ignored
+            h.check()
+        with pytest.raises(Interrupted):  # the raise was lost (a handler run inside a __del__): made again
+            h.check()
+        with pytest.raises(Interrupted):
+            h(signal.SIGINT)
+        h.acknowledge()
+        h(signal.SIGINT)  # the scheduler has dealt with it
+        h.check()
+    finally:
+        h.close()
+
+    waiting = ScheduleSignals(Scheduler(ScheduleConfig(interval_minutes=10), lambda: True))
+    waiting(signal.SIGINT)
+    waiting(signal.SIGINT)  # a second signal while waiting is not a run to stop: nothing raised
+    assert waiting.sched.stop_event.is_set() and waiting.received is None
+
+
+def test_stop_signals_of_a_single_run():
+    """``gpurisk run``'s handler: the first signal raises ``Interrupted``; later ones are ignored while it
+    unwinds (the run being recorded); a lost raise is made again, by ``check()`` or by the watcher thread."""
+    from gpurisk.commands.signals import Interrupted, StopSignals, check_stop, stop_on_signals
+
+    h = StopSignals()
+    try:
+        h.check()
+        with pytest.raises(Interrupted) as exc:
+            h(signal.SIGTERM)
+        assert str(exc.value) == "SIGTERM received" and exc.value.exit_code == 143
+        try:
+            raise exc.value
+        except Interrupted:
+            h(signal.SIGINT)  # ignored
+        with pytest.raises(Interrupted):
+            h.check()
+    finally:
+        h.close()
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as installed:
+        assert signal.getsignal(signal.SIGTERM) is installed and signal.getsignal(signal.SIGINT) is installed
+        check_stop()  # no stop asked for
+        with pytest.raises(Interrupted):
+            signal.raise_signal(signal.SIGTERM)  # a real signal to this process
+        deadline = time.monotonic() + 30  # the first raise is taken as lost: the watcher makes it again
+        with pytest.raises(Interrupted):
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is before
+    check_stop()  # the default handler has no check: nothing happens
+
+
+def test_the_raise_waits_while_the_main_thread_imports_or_logs():
+    """Raising inside the import machinery or logging could leave their locks held (the next import in
+    any thread then waits forever): there the raise is put off, and made at the next safe moment."""
+    import types
+
+    from gpurisk.commands.signals import Interrupted, StopSignals, safe_to_raise
+
+    def frame(filename, back=None):
+        return types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=filename), f_back=back)
+
+    importing = frame("/x/jax/_src/config.py", frame("<frozen importlib._bootstrap>", frame("/x/gpurisk/batch/runner.py")))
+    logging_ = frame("/usr/lib/python3.11/logging/__init__.py", frame("/x/gpurisk/batch/runner.py"))
+    waiting = frame("/usr/lib/python3.11/threading.py", frame("/x/gpurisk/batch/runner.py"))
+    assert not safe_to_raise(importing) and not safe_to_raise(logging_) and safe_to_raise(waiting)
+    h = StopSignals()
+    try:
+        h(signal.SIGTERM, importing)  # put off: nothing raised, the stop is remembered
+        assert h.received == signal.SIGTERM
+        with pytest.raises(Interrupted):
+            h(signal.SIGTERM, waiting)  # the next try (a signal, or the watcher's poke) raises it
+    finally:
+        h.close()

@@ -5,9 +5,15 @@ result never depends on the chunking: each portfolio's tail statistics are
 computed from its own row of P&L only, and chunks are concatenated in order.
 
 ``auto`` sizing estimates a task's work as ``S·(nnz + n·log2 S)`` (the sparse
-product plus the per-portfolio sort) and aims at ``TARGET_WORK`` per task
-(~0.5 s on one core), with at least two chunks per worker when that still
-leaves tasks of ``MIN_WORK`` or more.
+product plus the per-portfolio selection) plus a fixed ``PASS_WORK·I·S`` for the
+pass every task makes over the whole of P [I, S] (the CPU kernels' int16 screen
+quantises P, the GPU uploads it). It aims at ``TARGET_WORK`` per task (~0.5 s of
+reference-backend time) but at least ``1 / FIXED_SHARE`` times the fixed cost, and
+gives each worker one chunk of a leg when that still leaves each more work than its
+fixed cost. Large P therefore means few, large tasks.
+
+Checkpoints are ``RUN/chunks/<model>/<leg>/<start>-<stop>.npz``, written without fsync
+(a torn one is unreadable and recomputed); ``prune`` removes them after a successful run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ from ..fileio import check_name, path_name, write_bytes
 TARGET_WORK = 4.0e8
 #: below this a task is dominated by Dask overhead (~ms); auto never splits finer
 MIN_WORK = 2.0e7
+#: a task's fixed pass over P, in work units per entry of P (measured: quantising P for the CPU screen
+#: costs about as much as 35 units of the sparse product, 2-core machine, 2026-11)
+PASS_WORK = 35.0
+#: ``auto`` keeps the fixed pass at most this share of a task's work
+FIXED_SHARE = 0.1
 
 
 def chunk_work(indptr: np.ndarray, n_scenarios: int) -> np.ndarray:
@@ -34,10 +45,12 @@ def chunk_work(indptr: np.ndarray, n_scenarios: int) -> np.ndarray:
 
 
 def plan_chunks(indptr: np.ndarray, n_scenarios: int, chunk_size: int | str = "auto", workers: int = 1,
-                target_work: float = TARGET_WORK, min_work: float = MIN_WORK) -> list[tuple[int, int]]:
+                target_work: float = TARGET_WORK, min_work: float = MIN_WORK,
+                n_instruments: int = 0) -> list[tuple[int, int]]:
     """Chunk boundaries ``[(start, stop), ...]`` covering all P portfolios in order.
 
-    ``chunk_size`` is portfolios per chunk, or ``auto`` (balanced by estimated work).
+    ``chunk_size`` is portfolios per chunk, or ``auto`` (balanced by estimated work, see the
+    module docstring; ``n_instruments`` is the row count I of the P the leg reads).
     An empty leg gives no chunks.
     """
     n = len(indptr) - 1
@@ -51,8 +64,9 @@ def plan_chunks(indptr: np.ndarray, n_scenarios: int, chunk_size: int | str = "a
         return [(int(s), int(min(s + k, n))) for s in starts]
     work = chunk_work(indptr, n_scenarios)
     total = float(work.sum())
-    n_chunks = max(1, int(np.ceil(total / target_work)))
-    balance = min(2 * max(int(workers), 1), int(total // max(min_work, 1.0)))
+    fixed = PASS_WORK * max(int(n_instruments), 0) * max(int(n_scenarios), 0)
+    n_chunks = max(1, int(np.ceil(total / max(target_work, fixed / FIXED_SHARE))))
+    balance = min(max(int(workers), 1), int(total // max(min_work, fixed, 1.0)))
     n_chunks = min(max(n_chunks, balance), n)
     if n_chunks <= 1:
         return [(0, n)]
@@ -75,11 +89,16 @@ def checkpoint_path(folder: Path, model: str, leg: str, start: int, stop: int) -
     return Path(folder) / check_name(model, "model label") / path_name(leg) / f"{start:09d}-{stop:09d}.npz"
 
 
+#: the optional TailStats arrays of an attributed chunk (``gpurisk.tail``), saved when present
+ATTRIBUTION_FIELDS = ("tail_index", "tail_loss", "tail_count", "marginal")
+
+
 def save_chunk(path: Path, stats: TailStats, meta: dict) -> Path:
     """Save one chunk's TailStats (and its metadata: backend, input hash) atomically."""
     import json
 
     buf = io.BytesIO()
+    extra = {k: getattr(stats, k) for k in ATTRIBUTION_FIELDS} if stats.attributed else {}
     np.savez(
         buf,
         worst=stats.worst,
@@ -87,8 +106,9 @@ def save_chunk(path: Path, stats: TailStats, meta: dict) -> Path:
         var=stats.var,
         es=stats.es,
         meta=np.array(json.dumps(meta, sort_keys=True)),
+        **extra,
     )
-    return write_bytes(buf.getvalue(), path)
+    return write_bytes(buf.getvalue(), path, durable=False)
 
 
 def load_chunk(path: Path) -> tuple[TailStats, dict] | None:
@@ -98,9 +118,22 @@ def load_chunk(path: Path) -> tuple[TailStats, dict] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             stats = TailStats(
-                worst=z["worst"], worst_scenario=z["worst_scenario"], var=z["var"], es=z["es"]
+                worst=z["worst"], worst_scenario=z["worst_scenario"], var=z["var"], es=z["es"],
+                **{k: z[k] for k in ATTRIBUTION_FIELDS if k in z.files},  # attribution, when the run had it
             )
             meta = json.loads(str(z["meta"]))
         return stats, meta
     except (OSError, ValueError, KeyError):
         return None
+
+
+def prune(folder: Path) -> int:
+    """Delete a run's checkpoint folder (after a successful run); returns the bytes freed."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    shutil.rmtree(folder, ignore_errors=True)
+    return int(size)

@@ -8,21 +8,28 @@ jobs sharing an output folder do not overwrite each other's metrics).
 
 Alerts are JSON objects appended to ``OUTPUT/alerts.jsonl`` and, when a webhook
 URL is configured, POSTed as JSON (``Content-Type: application/json``) with a
-timeout. A failed POST is logged and never fails the job.
+timeout. A failed POST never fails the job: it is logged, recorded in
+``alerts.jsonl`` as a ``webhook_failed`` record, marked on the alert
+(``delivered: false``) and counted in ``gpurisk_webhook_failures_total``. The
+webhook URL is a secret (its token sits in the user-info, path or query): it is
+shown and stored only through ``gpurisk.redact`` (scheme, host and port).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
-import urllib.error
+import re
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..config import AlertConfig
 from ..fileio import append_line, write_text
+from ..redact import redact, redact_url
 
 log = logging.getLogger("gpurisk.batch")
 
@@ -97,11 +104,78 @@ def run_metrics(report: dict) -> list[Metric]:
         for venue, v in sorted(by_venue.items()):
             im.add(v, job=job, model=model, venue=venue)
     ms.append(im)
+    ms.extend(figure_metrics(report, job))
+    ms.append(Metric("webhook_failures_total", "Alert webhook deliveries that failed, over all runs of the job",
+                     type="counter").add(report.get("webhook_failures_total", webhook_failures(report)), job=job))
     return ms
 
 
+#: per-model run figures exported as gauges (``report["figures"]``, ``gpurisk.batch.summary.model_figures``; USD)
+FIGURE_METRICS = (
+    ("total_equity_usd", "total_equity_usd", "Total equity by model, USD"),
+    ("total_excess_usd", "total_excess_usd", "Total excess (equity - IM) by model, USD"),
+    ("total_call_amount_usd", "total_call_amount_usd", "Total margin call amount by model, USD"),
+    ("deficits", "deficits", "Rows (accounts, or account x venue pairs) with equity below their requirement"),
+    ("total_deficit_usd", "total_deficit_usd", "Total shortfall of the rows in deficit by model, USD"),
+    ("cross_margin_benefit_usd", "cross_margin_benefit_usd", "Standalone IM minus cross-margined IM, USD"),
+    ("uncovered_pairs", "uncovered_pairs", "Account x venue pairs at venues without a margin methodology"),
+)
+
+
+def figure_metrics(report: dict, job: str) -> list[Metric]:
+    """The book's as-of, each model's run figures, and its IM change against the previous run."""
+    ms = []
+    as_of = report.get("as_of")
+    if as_of:
+        from datetime import datetime
+
+        ts = datetime.fromisoformat(str(as_of).replace("Z", "+00:00")).timestamp()
+        ms.append(Metric("book_as_of_timestamp_seconds", "Unix time of the book's as-of in the last run").add(ts, job=job))
+    figures = report.get("figures") or {}
+    for name, key, help_ in FIGURE_METRICS:
+        m = Metric(name, help_)
+        for model, f in sorted(figures.items()):
+            if f.get(key) is not None:
+                m.add(f[key], job=job, model=model)
+        if m.samples:
+            ms.append(m)
+    change = Metric("im_change_usd", "Total IM change against the previous successful run, USD")
+    for model, ch in sorted((report.get("changes") or {}).items()):
+        change.add(ch["change_usd"], job=job, model=model)
+    if change.samples:
+        ms.append(change)
+    return ms
+
+
+def webhook_failures(report: dict) -> int:
+    """How many of the report's alerts the webhook did not take (``delivered`` false)."""
+    return sum(1 for a in report.get("alerts") or () if a.get("delivered") is False)
+
+
+def previous_counter(path: Path, name: str, job: str) -> float:
+    """The value of counter ``gpurisk_<name>{job=...}`` in an earlier metrics file (0 if none or unreadable)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return 0.0
+    pat = re.compile(rf'^{PREFIX}_{re.escape(name)}\{{job="{re.escape(_escape(job))}"\}} (\S+)$', re.M)
+    m = pat.search(text)
+    try:
+        value = float(m.group(1)) if m else 0.0
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
+
+
 def write_metrics(report: dict, run_dir: Path | None, latest: Path) -> str:
-    """Write ``metrics.prom`` into the run folder (if any) and the job's ``latest`` file; returns the text."""
+    """Write ``metrics.prom`` into the run folder (if any) and the job's ``latest`` file; returns the text.
+
+    ``gpurisk_webhook_failures_total`` carries on from the value in ``latest`` (a counter over all runs
+    of the job; deleting the file resets it, which Prometheus treats as a counter reset).
+    """
+    if "webhook_failures_total" not in report:
+        before = previous_counter(latest, "webhook_failures_total", str(report.get("job", "")))
+        report = {**report, "webhook_failures_total": before + webhook_failures(report)}
     text = exposition(run_metrics(report))
     if run_dir is not None:
         write_text(text, Path(run_dir) / "metrics.prom")
@@ -161,26 +235,63 @@ def check_alerts(report: dict, previous: dict | None, cfg: AlertConfig) -> list[
     return alerts
 
 
-def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> bool:
-    """POST ``payload`` as JSON; True on a 2xx answer. Failures are logged, never raised."""
+def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> tuple[bool, str | None]:
+    """POST ``payload`` as JSON; (True, None) on a 2xx answer, else (False, the cause, redacted).
+
+    User-info in the URL (``https://user:token@host/...``) is sent as HTTP basic authentication,
+    never as part of the address. Nothing is raised: any failure (refused, timeout, HTTP error,
+    a malformed answer or URL) is returned.
+    """
     data = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
     try:
+        parts = urlsplit(url)
+        headers = {"Content-Type": "application/json"}
+        if parts.username is not None:
+            cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
+            headers["Authorization"] = "Basic " + base64.b64encode(cred).decode("ascii")
+            netloc = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
+            netloc += f":{parts.port}" if parts.port is not None else ""
+            target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        else:
+            target = url
+        req = urllib.request.Request(target, data=data, method="POST", headers=headers)
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            ok = 200 <= resp.status < 300
-            if not ok:
-                log.warning("alert webhook %s answered HTTP %s", url, resp.status)
-            return ok
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        log.warning("alert webhook %s failed: %s", url, exc)
-        return False
+            if 200 <= resp.status < 300:
+                return True, None
+            return False, f"HTTP {resp.status}"
+    except Exception as exc:  # noqa: BLE001 - an alert channel never fails the job; the cause is returned
+        code = getattr(exc, "code", None)
+        cause = f"HTTP {code}" if isinstance(code, int) else f"{type(exc).__name__}: {exc}"
+        return False, redact(" ".join(cause.split())[:300], url)
 
 
 def raise_alerts(alerts: list[dict], out_dir: Path, cfg: AlertConfig) -> list[dict]:
-    """Append each alert to ``out_dir/alerts.jsonl``, log it and POST it to the webhook if configured."""
+    """Append each alert to ``out_dir/alerts.jsonl``, log it and POST it to the webhook if configured.
+
+    Each alert gets ``kind`` (its name). With a webhook, each gets ``delivered`` (true/false) and,
+    when the POST failed, ``delivery_error``; a failed POST also appends a ``webhook_failed``
+    record (the alert it concerns, the redacted URL and the cause) and logs a warning.
+    Returns the alerts followed by the ``webhook_failed`` records.
+    """
+    out = Path(out_dir) / "alerts.jsonl"
+    failures = []
     for a in alerts:
-        append_line(json.dumps(a, sort_keys=True, default=str), Path(out_dir) / "alerts.jsonl")
+        a.setdefault("kind", a.get("alert"))
+        append_line(json.dumps(a, sort_keys=True, default=str), out)
         log.warning("ALERT %s: %s", a["alert"], a["message"])
-        if cfg.webhook_url:
-            a["delivered"] = post_webhook(cfg.webhook_url, a, cfg.webhook_timeout_s)
-    return alerts
+        if not cfg.webhook_url:
+            continue
+        ok, cause = post_webhook(cfg.webhook_url, a, cfg.webhook_timeout_s)
+        a["delivered"] = ok
+        if ok:
+            continue
+        shown = redact_url(cfg.webhook_url)
+        a["delivery_error"] = cause
+        rec = {"kind": "webhook_failed", "alert": "webhook_failed", "severity": "warning",
+               "job": a.get("job"), "run_id": a.get("run_id"), "time": a.get("time"),
+               "failed_alert": a.get("alert"), "webhook": shown, "error": cause,
+               "message": f"alert {a.get('alert')} not delivered to {shown}: {cause}"}
+        append_line(json.dumps(rec, sort_keys=True, default=str), out)
+        log.warning("alert webhook %s failed for alert %s: %s", shown, a.get("alert"), cause)
+        failures.append(rec)
+    return list(alerts) + failures

@@ -39,11 +39,14 @@ def latest_snapshot(folder: Path) -> Path:
     return subs[-1]
 
 
-def sample_dir(out: Path, source: BookSource) -> Path:
-    """Cache folder of a sample book, keyed by size, seed, as-of and the generator's code (a changed
-    generator never reuses a book an older one wrote)."""
+def sample_dir(out: Path, source: BookSource, market=None) -> Path:
+    """Cache folder of a sample book, keyed by size, seed, as-of, the generator's code (a changed
+    generator never reuses a book an older one wrote) and, for a history folder other than the shipped
+    one, that history's fingerprint (the sample's prices come from it)."""
     s = source.sample
-    tag = f"sample-a{s.accounts}-s{s.seed}" + (f"-{path_name(s.as_of)}" if s.as_of else "") + f"-g{_generator_digest()}"
+    hist = "" if market is None or market.shipped else f"-h{market.fingerprint()[:10]}"
+    tag = (f"sample-a{s.accounts}-s{s.seed}" + (f"-{path_name(s.as_of)}" if s.as_of else "")
+           + f"-g{_generator_digest()}{hist}")
     return Path(out) / ".cache" / check_name(tag, "sample book cache folder")
 
 
@@ -55,12 +58,14 @@ def _generator_digest() -> str:
     return hashlib.sha256(Path(generate.__file__).read_bytes()).hexdigest()[:10]
 
 
-def ensure_sample(out: Path, source: BookSource) -> Path:
-    """Generate the sample book into the cache (once; atomically by folder rename) and return its folder."""
+def ensure_sample(out: Path, source: BookSource, market=None) -> Path:
+    """Generate the sample book into the cache (once; atomically by folder rename) and return its folder.
+
+    ``market``: the run's history store (the sample's prices and vols come from it; None: the default store)."""
     from ..generate import generate_book
     from ..io import TABLES, parse_as_of, write_book
 
-    target = sample_dir(out, source)
+    target = sample_dir(out, source, market)
     if (target / ".complete").is_file():
         return target
     s = source.sample
@@ -68,7 +73,7 @@ def ensure_sample(out: Path, source: BookSource) -> Path:
     tmp = make_temp_dir(target)  # mode 0o777 less the umask, like the folder it becomes
     try:
         as_of = parse_as_of(s.as_of, where="[book] sample.as_of") if s.as_of else None
-        g = generate_book(s.accounts, s.seed, as_of)
+        g = generate_book(s.accounts, s.seed, as_of, market=market)
         write_book(tmp, {k: g[k] for k in TABLES}, g["meta"])
         log.info("sample book: %s accounts, %s positions, as_of %s -> %s", f"{s.accounts:,}",
                  f"{len(g['positions']):,}", g["meta"]["as_of"], target)
@@ -86,8 +91,8 @@ def ensure_sample(out: Path, source: BookSource) -> Path:
     return target
 
 
-def book_folder(job: JobConfig, out: Path) -> Path:
-    """The book folder (or file) this run reads."""
+def book_folder(job: JobConfig, out: Path, market=None) -> Path:
+    """The book folder (or file) this run reads (a sample book is generated from ``market``'s history)."""
     src = job.book
     if src.path is not None:
         if not src.path.exists():
@@ -95,7 +100,7 @@ def book_folder(job: JobConfig, out: Path) -> Path:
         return src.path
     if src.snapshots is not None:
         return latest_snapshot(src.snapshots)
-    return ensure_sample(out, src)
+    return ensure_sample(out, src, market)
 
 
 def book_files(path: Path) -> dict[str, Path]:
@@ -134,8 +139,9 @@ def model_params(module, mj: ModelJob, where: str):
     return override(params, dict(mj.params), f"{where}.params (model {mj.name!r})")
 
 
-def scenario_set(spec: ScenarioSpec, as_of, where: str):
-    """One ScenarioSet from a file or a registered generator (``as_of`` defaults to the book's)."""
+def scenario_set(spec: ScenarioSpec, as_of, where: str, market=None):
+    """One ScenarioSet from a file or a registered generator (``as_of`` defaults to the book's; history from
+    ``market``, the run's store)."""
     if spec.file is not None:
         if not spec.file.is_file():
             raise ConfigError(f"{where}.file: scenario file {spec.file} not found")
@@ -147,10 +153,10 @@ def scenario_set(spec: ScenarioSpec, as_of, where: str):
     opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options.items()}
     if registry.get(spec.generator).option("as_of") is not None:
         opts.setdefault("as_of", str(as_of))
-    return registry.generate(spec.generator, opts, where=f"{where}.")
+    return registry.generate(spec.generator, opts, where=f"{where}.", market=market)
 
 
-def model_scenarios(mj: ModelJob, as_of, where: str):
+def model_scenarios(mj: ModelJob, as_of, where: str, market=None):
     """The model's scenarios: None (the model's own), one ScenarioSet (the ``user`` component), or
     ``{component: ScenarioSet}`` when a set names another component; sets of one component are concatenated."""
     if not mj.scenarios:
@@ -159,7 +165,7 @@ def model_scenarios(mj: ModelJob, as_of, where: str):
 
     by: dict[str, list] = {}
     for i, s in enumerate(mj.scenarios):
-        by.setdefault(s.component, []).append(scenario_set(s, as_of, f"{where}.scenarios[{i}]"))
+        by.setdefault(s.component, []).append(scenario_set(s, as_of, f"{where}.scenarios[{i}]", market))
     sets = {c: v[0] if len(v) == 1 else ScenarioSet.concat(v) for c, v in by.items()}
     return sets["user"] if list(sets) == ["user"] else sets
 
