@@ -480,3 +480,35 @@ def test_scheduler_address_submits_to_a_running_cluster(job, client2, monkeypatc
     with pytest.raises(JobError, match="cannot reach the Dask scheduler"):
         run_job(job, RunOptions(scheduler="tcp://127.0.0.1:1", progress=False), get_model=get_model,
                 book_loader=load_book)
+
+
+def test_a_run_whose_every_worker_is_gone_fails_instead_of_waiting(tmp_path):
+    """Every worker and its nanny lost (a remote cluster gone, a whole node killed): the run fails with one
+    line after ``lost_workers_timeout_s`` instead of waiting forever for a worker that never comes."""
+    import dataclasses
+
+    from distributed import Client, LocalCluster
+
+    write_book_folder(tmp_path / "book", N_ACCOUNTS)
+    job = dataclasses.replace(load_job(write_job(tmp_path, chunk_size=3, n_scenarios=300)), lost_workers_timeout_s=3.0)
+    cluster_ = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                            host="127.0.0.1")
+    client = Client(cluster_)
+    fired = []
+
+    def on_chunk(done, total):
+        if not fired:
+            fired.append(done)
+            cluster_.scale(0)  # the worker and its nanny go away for good
+            time.sleep(0.5)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(JobError, match="no Dask worker left for 3 s") as err:
+            _run(job, client, on_chunk=on_chunk)
+    finally:
+        client.close()
+        cluster_.close()
+    assert "\n" not in str(err.value) and time.monotonic() - t0 < 120
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"

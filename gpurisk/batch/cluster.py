@@ -357,3 +357,63 @@ class Starting:
                     obj.close()
                 except Exception as err:  # noqa: BLE001 - closing never masks the run's own outcome
                     log.warning("closing the Dask %s failed: %s", type(obj).__name__, err)
+
+
+class WorkerWatch:
+    """While a run waits for its tasks, check every ``poll_s`` that the cluster still has a worker; after
+    ``timeout_s`` with none (every worker and its nanny lost, a remote cluster gone), call ``on_dead`` (the
+    runner cancels its futures and fails the run with ``message()``) instead of waiting forever.
+
+    ``timeout_s`` ≤ 0 or None switches the watch off.
+    """
+
+    def __init__(self, client, timeout_s: float | None, on_dead, poll_s: float = 2.0):
+        import threading
+
+        self.client, self.timeout_s, self.on_dead, self.poll_s = client, timeout_s, on_dead, poll_s
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _count(self) -> int | None:
+        try:
+            return n_workers(self.client)
+        except Exception:  # noqa: BLE001 - the scheduler itself may be gone: counts as no worker
+            return 0
+
+    def _run(self):
+        import time
+
+        since = None
+        while not self._stop.wait(self.poll_s):
+            n = self._count()
+            if n:
+                since = None
+                continue
+            since = time.monotonic() if since is None else since
+            if time.monotonic() - since >= self.timeout_s:
+                self.fired = True
+                log.error("%s", self.message())
+                try:
+                    self.on_dead()
+                except Exception as exc:  # noqa: BLE001 - cancelling is best effort; the run fails anyway
+                    log.warning("cancelling the run's tasks failed: %s", exc)
+                return
+
+    def message(self) -> str:
+        return (f"no Dask worker left for {self.timeout_s:g} s (every worker was lost and none came back); "
+                "the run stops instead of waiting (set [job] lost_workers_timeout_s to wait longer)")
+
+    def __enter__(self):
+        import threading
+
+        if self.timeout_s and self.timeout_s > 0:
+            self._thread = threading.Thread(target=self._run, name="gpurisk-worker-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll_s + 1.0)
+        return False

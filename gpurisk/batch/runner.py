@@ -372,12 +372,11 @@ def _plan_models(run: _Run, book, get_model) -> list[_Model]:
 
 
 def _plan(module, name: str, book, params, scenarios, market):
-    """The model's Plan, with the run's market history for the models that read it (``MODELS[name].reads_history``;
-    a replacement ``get_model`` of the tests may name a model the registry does not know)."""
-    from ..margin import MODELS, plan_model
+    """The model's Plan, with the run's market history for a model that reads it (its ``plan`` takes ``market``)."""
+    import inspect
 
-    if name in MODELS:
-        return plan_model(module, name, book, params, scenarios, market)
+    if "market" in inspect.signature(module.plan).parameters:
+        return module.plan(book, params, scenarios, market=market)
     return module.plan(book, params, scenarios)
 
 
@@ -484,6 +483,8 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
         pnl.sweep()
     p_futures, futures = {}, {}
     left: dict = {}  # P key -> chunks still to read it
+    watch = cluster.WorkerWatch(client, run.job.lost_workers_timeout_s,
+                                lambda: client.cancel(list(futures) + list(p_futures.values())))
     # the model with the least work first: the last model to complete is finished (finalize, write) after the
     # compute, the others while it runs; the largest P first among the revaluations (they unblock the chunks)
     rank = {m.label: r for r, m in enumerate(sorted(models, key=lambda m: m.work, reverse=True))}
@@ -513,7 +514,7 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
         for m in models:
             if m.outstanding == 0:
                 _finish_model(run, m, book)
-        with run.stage("compute"):
+        with run.stage("compute"), watch:
             for fut, out in as_completed(list(futures), with_results=True):
                 m, leg_name, j, a, b, pkey = futures.pop(fut)
                 if fut.status != "finished":  # cancelled under us: raise its own error, not use it as a result
@@ -536,6 +537,8 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
                     _finish_model(run, m, book)
     except BaseException:
         client.cancel(list(futures) + list(p_futures.values()))
+        if watch.fired:  # the futures were cancelled because no worker was left: say that, not "cancelled"
+            raise JobError(watch.message()) from None
         raise
     finally:
         futures.clear()

@@ -5,8 +5,10 @@ read the same table: an option ``lookback_days`` is the job-file key ``lookback_
 CLI flag ``--lookback-days`` (booleans: ``--extended`` / ``--no-extended``). docs/data-format.md
 ("Scenario generators") lists them all.
 
-``generate(kind, options)`` checks every option (unknown name, wrong type, bad choice) with a
-one-line ``ScenarioError`` naming it, fills the defaults and calls the generator.
+``generate(kind, options, market=...)`` checks every option (unknown name, wrong type, bad choice) with
+a one-line ``ScenarioError`` naming it, fills the defaults and calls the generator; the generators that
+read history (``Generator.reads_history``) read it from ``market`` (a ``gpurisk.market`` store, a
+folder, or None for the default store), which ``build`` finds as ``options["market"]``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..errors import ScenarioError
-from ..marketdata import COINS
+from ..market import COINS
 from ..pricing import VolTerm
 from .scenario_set import ScenarioSet
 
@@ -51,6 +53,7 @@ class Generator:
     summary: str
     options: tuple[Option, ...]
     build: Callable[[dict], ScenarioSet]
+    reads_history: bool = False  # its build reads options["market"] (gpurisk scenarios KIND --market-data DIR)
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -96,6 +99,7 @@ def _historical(o: dict) -> ScenarioSet:
         o["as_of"], o["underlyings"], horizon_days=int(h), lookback_days=o["lookback_days"],
         ewma_lambda=o["ewma_lambda"], filtered=o["filter"], horizon_method=o["horizon_method"],
         include_periods=historical.DEFAULT_STRESS_PERIODS if o["stress_periods"] else (), vol_beta=o["vol_beta"],
+        market=o.get("market"),
     )
 
 
@@ -106,12 +110,20 @@ def _montecarlo(o: dict) -> ScenarioSet:
         o["as_of"], n_scenarios=o["n_scenarios"], seed=o["seed"], coins=o["underlyings"],
         horizon_days=o["horizon_days"], distribution=o["distribution"], dof=o["dof"], estimator=o["estimator"],
         ewma_lambda=o["ewma_lambda"], lookback_days=o["lookback_days"], vol_beta=o["vol_beta"],
+        market=o.get("market"),
     )
 
 
 def _stress(o: dict) -> ScenarioSet:
     from . import stress
 
+    if o["families"]:
+        names = tuple(f.strip().lower() for f in o["families"].split(",") if f.strip())
+        base = stress.stress_families(names, o["underlyings"], o["horizon_days"], market=o.get("market"),
+                                      as_of=o["as_of"] or None)
+        if not o["definition"]:
+            return base
+        return stress.append_user(base, stress.stress_from_toml(o["definition"]))
     if o["only_definition"]:
         if not o["definition"]:
             raise ScenarioError("only_definition needs a definition file (--definition FILE.toml)")
@@ -123,7 +135,7 @@ def _stress(o: dict) -> ScenarioSet:
         if not isinstance(extra, list) or not extra:
             raise ScenarioError(f"{o['definition']}: needs [[scenario]] tables")
     return stress.named_stress(o["underlyings"], hypothetical=o["hypothetical"], horizon_days=o["horizon_days"],
-                               vol_beta=o["vol_beta"], extra=extra)
+                               vol_beta=o["vol_beta"], extra=extra, market=o.get("market"), as_of=o["as_of"] or None)
 
 
 _PER_UNDERLYING = Option("per_underlying", "bool", False, "shock each underlying alone")
@@ -156,7 +168,7 @@ GENERATORS: dict[str, Generator] = {g.name: g for g in (
         Option("filter", "bool", True, "rescale returns by the EWMA volatility ratio (false: raw returns)"),
         Option("horizon_method", "str", "overlapping", "h-day moves", ("overlapping", "sqrt")),
         Option("stress_periods", "bool", True, "pin the 2020-03 and 2022-05..11 stress windows"), _VOL_BETA,
-    ), _historical),
+    ), _historical, reads_history=True),
     Generator("montecarlo", "correlated Gaussian or Student-t draws calibrated on the history", (
         _AS_OF, _underlyings(COINS), _horizon(1.0),
         Option("n_scenarios", "int", 10_000, "number of scenarios"),
@@ -165,14 +177,50 @@ GENERATORS: dict[str, Generator] = {g.name: g for g in (
         Option("dof", "float", 5.0, "Student-t degrees of freedom"),
         Option("estimator", "str", "ewma", "volatility and correlation estimator", ("ewma", "sample")),
         _LAMBDA, Option("lookback_days", "int", 365, "estimation window in days"), _VOL_BETA,
-    ), _montecarlo),
+    ), _montecarlo, reads_history=True),
     Generator("stress", "named historical episodes and hypothetical shocks (crash, vol spikes, de-peg)", (
+        Option("as_of", "time", "", "UTC as-of time: only episodes in the history known then (default: all; a job "
+                                    "gives the book's)"),
         _underlyings(COINS), _horizon(0.0),
         Option("hypothetical", "bool", True, "include the hypothetical shocks"), _VOL_BETA,
         Option("definition", "path", "", "TOML file of user scenarios to append"),
         Option("only_definition", "bool", False, "only the user scenarios of the definition file"),
-    ), _stress),
+        Option("families", "str", "", "comma-separated stress families (historical, hypothetical, squeeze, flash, "
+                                      "depeg) instead of the named set; empty: the named set"),
+    ), _stress, reads_history=True),
 )}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A stress family: its name (``gpurisk stress --scenarios NAME``), one line about it and its source."""
+
+    name: str
+    summary: str
+    source: str
+
+
+#: the one table of stress families (``gpurisk.scenarios.stress.family_set`` builds them)
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("historical", "named episodes: COVID 2020, May 2021, LUNA 2022, FTX 2022",
+           "close-to-close moves in datasets/market/daily; vol from the BTC DVOL history"),
+    Family("hypothetical", "uniform moves of ±10/20/30/50 % per coin and all together; vol +50 % / −30 %",
+           "hypothetical"),
+    Family("squeeze", "upward moves that stress shorts: each coin's largest 1- and 2-day rise, alt squeezes",
+           "largest rises in datasets/market/daily; hypothetical +25 %/+100 % squeezes"),
+    Family("flash", "intraday wicks as instant moves: largest 4-hour high-to-low ranges; alt wicks −50..−70 %",
+           "largest single-bar ranges in datasets/market/4h; hypothetical alt-coin wicks"),
+    Family("depeg", "stablecoin de-pegs: USDT and USDC −5/−10/−20 %", "hypothetical"),
+    Family("grid", "venue grid: Deribit-style risk matrix with the extended table, all coins and each alone",
+           "Deribit portfolio-margin parameters (docs/methodologies.md, section 3.1)"),
+)}
+
+
+def family(name: str) -> Family:
+    """The stress family called ``name``; ScenarioError naming the known ones otherwise."""
+    if name not in FAMILIES:
+        raise ScenarioError(f"unknown stress family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
 
 
 def get(kind: str) -> Generator:
@@ -246,13 +294,15 @@ def resolve(kind: str, options: dict, where: str = "") -> dict:
     return out
 
 
-def generate(kind: str, options: dict, where: str = "") -> ScenarioSet:
-    """The ScenarioSet of generator ``kind`` with ``options`` (checked; defaults for the rest)."""
+def generate(kind: str, options: dict, where: str = "", market=None) -> ScenarioSet:
+    """The ScenarioSet of generator ``kind`` with ``options`` (checked; defaults for the rest); history from
+    ``market`` (a ``gpurisk.market`` store, a folder, or None for the default store)."""
     resolved = resolve(kind, options, where)
     try:
-        return get(kind).build(resolved)
+        return get(kind).build({**resolved, "market": market})
     except (KeyError, ValueError) as exc:
         raise ScenarioError(f"{where}{kind} scenarios: {exc}") from None
 
 
-__all__ = ["Option", "Generator", "GENERATORS", "REQUIRED", "get", "resolve", "generate"]
+__all__ = ["Option", "Generator", "GENERATORS", "REQUIRED", "get", "resolve", "generate", "Family", "FAMILIES",
+           "family"]

@@ -45,7 +45,7 @@ import pandas as pd
 from ..book import STABLECOINS
 from ..errors import ScenarioError
 from ..fileio import read_toml
-from ..marketdata import COINS, daily_closes, dvol
+from ..market import COINS, market_store
 from ..pricing import VOL_ABSOLUTE, VOL_MODE_CODES, VOL_RELATIVE
 from .scenario_set import ScenarioSet
 
@@ -87,9 +87,12 @@ def proxy_ratio(coin: str, closes: pd.DataFrame) -> float:
     return float(win[coin].std() / win["BTC"].std())
 
 
-def episode_moves(ep: Episode, coins=COINS, closes: pd.DataFrame | None = None, vol_beta: float = 1.0):
-    """(price_shock [U], vol_shock [U], notes dict) of one episode for ``coins``."""
-    closes = daily_closes(tuple(dict.fromkeys(("BTC",) + tuple(coins)))) if closes is None else closes
+def episode_moves(ep: Episode, coins=COINS, closes: pd.DataFrame | None = None, vol_beta: float = 1.0,
+                  market=None):
+    """(price_shock [U], vol_shock [U], notes dict) of one episode for ``coins``; closes and DVOL from
+    ``market`` (a ``gpurisk.market`` store, a folder, or None for the default store) unless ``closes`` is given."""
+    store = market_store(market)
+    closes = store.daily_closes(tuple(dict.fromkeys(("BTC",) + tuple(coins)))) if closes is None else closes
     a, b = pd.Timestamp(ep.start), pd.Timestamp(ep.end)
     for d in (a, b):
         if d not in closes.index or not np.isfinite(closes.loc[d, "BTC"]):
@@ -97,7 +100,7 @@ def episode_moves(ep: Episode, coins=COINS, closes: pd.DataFrame | None = None, 
     logmove = np.log(closes.loc[b] / closes.loc[a])
     btc = float(logmove["BTC"])
     price, vol, proxied = [], [], []
-    dv = dvol()
+    dv = store.dvol()
     have_dvol = a in dv.index and b in dv.index
     dlog = float(np.log(dv.loc[b] / dv.loc[a])) if have_dvol else math.nan
     r = _log_returns(closes)
@@ -135,20 +138,30 @@ def named_stress(
     horizon_days: float = 0.0,
     vol_beta: float = 1.0,
     extra: list[dict] | None = None,
+    market=None,
+    as_of=None,
 ) -> ScenarioSet:
     """The named stress set over ``coins`` + USDT: measured episodes, then hypothetical shocks.
 
-    ``extra``: more scenarios in the definition form of ``stress_from_definition``.
+    ``extra``: more scenarios in the definition form of ``stress_from_definition``. History comes from
+    ``market`` (a ``gpurisk.market`` store, a folder, or None for the default store) as known at ``as_of``
+    (all of it when None): an episode that is not in that history (not yet happened at ``as_of``, or outside
+    the folder's dates) is left out and named in ``metadata["episodes_left_out"]``.
     """
     coins = tuple(str(c) for c in coins)
-    bad = [c for c in coins if c not in COINS]
+    store = market_store(market)
+    bad = [c for c in coins if not store.has_daily(c)]
     if bad:
-        raise ScenarioError(f"no daily history for {bad}; have {list(COINS)}")
+        raise ScenarioError(f"no daily history for {bad} in {store.name}; have {list(store.coins())}")
     unders = coins + (DEPEG_COIN,)
-    closes = daily_closes(tuple(dict.fromkeys(("BTC",) + coins)))
+    closes = store.daily_closes(tuple(dict.fromkeys(("BTC",) + coins)), as_of=as_of)
+    btc_known = closes["BTC"].dropna().index
+    left_out = {ep.id: "not in the history known at the as-of time" for ep in episodes
+                if not (pd.Timestamp(ep.start) in btc_known and pd.Timestamp(ep.end) in btc_known)}
+    episodes = tuple(ep for ep in episodes if ep.id not in left_out)
     P, V, modes, ids, labels, notes = [], [], [], [], [], {}
     for ep in episodes:
-        p, v, n = episode_moves(ep, coins, closes, vol_beta)
+        p, v, n = episode_moves(ep, coins, closes, vol_beta, store)
         P.append(np.append(p, 0.0))
         V.append(np.append(v, 0.0))
         modes.append(VOL_RELATIVE)
@@ -175,12 +188,12 @@ def named_stress(
         horizon_days=float(horizon_days),
         kind="stress",
         source=(
-            "named stress: episodes measured close-to-close from datasets/market/daily "
-            + "; ".join(f"{e.id} {e.start}..{e.end}" for e in episodes)
-            + "; vol from datasets/options/deribit_btc_dvol_daily.csv (realised-vol proxy before 2021-03-24)"
+            f"named stress: episodes measured close-to-close from the daily closes of {store.name} "
+            + ("; ".join(f"{e.id} {e.start}..{e.end}" for e in episodes) or "(none in the history)")
+            + "; vol from BTC DVOL (realised-vol proxy before 2021-03-24)"
             + ("; hypothetical crash_30, vol_spike_50, vol_spike_abs_25, usdt_depeg_10" if hypothetical else "")
         ),
-        metadata={"episodes": notes},
+        metadata={"episodes": notes, "episodes_left_out": left_out},
     )
     if extra:
         named = _named_underlyings(extra)
@@ -351,5 +364,383 @@ def stress_from_toml(path) -> ScenarioSet:
     return stress_from_definition(read_stress_definition(path), where=str(path))
 
 
+# --------------------------------------------------------------------------- stress families
+#
+# The families of a stress run (``gpurisk stress --scenarios FAMILY``), each a ScenarioSet whose
+# scenario ids start with ``<family>:``. Every family covers the requested coins plus both
+# stablecoins (USDT, USDC), so one book maps onto every family. Sources: docs/methodologies.md
+# ("Stress testing").
+
+#: the stress families, in report order
+FAMILIES = ("historical", "hypothetical", "squeeze", "flash", "depeg", "grid")
+#: the stablecoins a de-peg shocks
+DEPEG_COINS = ("USDT", "USDC")
+#: de-peg sizes (relative moves)
+DEPEG_MOVES = (-0.05, -0.10, -0.20)
+#: hypothetical uniform moves, per coin and all coins together
+HYPOTHETICAL_MOVES = (-0.50, -0.30, -0.20, -0.10, 0.10, 0.20, 0.30, 0.50)
+#: hypothetical vol shocks (relative): up, down
+HYPOTHETICAL_VOL = (("vol_up_50", 0.50), ("vol_down_30", -0.30))
+#: measured squeezes: the largest close-to-close rise over these windows (days), per coin
+SQUEEZE_WINDOWS = (1, 2)
+#: hypothetical squeezes: (id, label, move of BTC/ETH, move of the other coins, relative vol shock)
+SQUEEZE_HYPOTHETICAL = (
+    ("alt_squeeze_100", "alt squeeze: alt coins +100 %, BTC/ETH +25 %, vol +50 %", 0.25, 1.00, 0.50),
+    ("all_up_100", "every coin +100 %, vol +50 %", 1.00, 1.00, 0.50),
+)
+#: measured flash crashes: the largest high-to-low ranges of single 4-hour bars, per coin with 4-hour history
+FLASH_TOP = 5
+#: coins with 4-hour history (datasets/market/4h)
+FLASH_COINS = ("BTC", "ETH")
+#: hypothetical intraday wicks: (id, move of BTC/ETH, move of the other coins)
+FLASH_HYPOTHETICAL = (("wick_alt_50", -0.10, -0.50), ("wick_alt_60", -0.15, -0.60), ("wick_alt_70", -0.20, -0.70))
+#: the major coins of the hypothetical alt-coin moves
+MAJORS = ("BTC", "ETH")
+
+
+def _family_coins(coins) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(coins without stablecoins, underlyings = coins + USDT + USDC)."""
+    cs = tuple(dict.fromkeys(str(c) for c in coins if str(c) not in STABLECOINS))
+    if not cs:
+        cs = ("BTC",)
+    return cs, cs + DEPEG_COINS
+
+
+def fallback_ratio(closes: pd.DataFrame) -> float:
+    """Log-move multiple for a coin without shipped history: the median ``proxy_ratio`` of the shipped alt coins."""
+    alts = [c for c in closes.columns if c != "BTC"]
+    return float(np.median([proxy_ratio(c, closes) for c in alts])) if alts else 1.0
+
+
+def _all_closes(market=None, as_of=None) -> pd.DataFrame:
+    """Daily closes of every coin the history holds, as known at ``as_of`` (the fallback ratio is measured on all
+    the alt coins)."""
+    store = market_store(market)
+    return store.daily_closes(tuple(c for c in COINS if store.has_daily(c)), as_of=as_of)
+
+
+def _joint_moves(coins, logmove_of: dict, btc_log: float, closes: pd.DataFrame, market=None,
+                 as_of=None) -> tuple[np.ndarray, list]:
+    """[len(coins)] relative moves: a coin's own log move where known, else BTC's × its proxy ratio."""
+    out, proxied = [], []
+    fb = None
+    for c in coins:  # a handful of coins
+        m = logmove_of.get(c, math.nan)
+        if not math.isfinite(m):
+            if c in closes.columns and closes[c].notna().any():
+                m = btc_log * proxy_ratio(c, closes)
+            else:
+                fb = fallback_ratio(_all_closes(market, as_of)) if fb is None else fb
+                m = btc_log * fb
+            proxied.append(c)
+        out.append(math.expm1(m))
+    return np.array(out), proxied
+
+
+def _family_set(family: str, unders, P, V, modes, ids, labels, horizon_days, source, metadata=None,
+                term=None) -> ScenarioSet:
+    S = len(ids)
+    kw = {} if term is None else {"term": term}
+    return ScenarioSet(
+        underlyings=tuple(unders),
+        price_shock=np.asarray(P, dtype=np.float64).reshape(S, len(unders)),
+        vol_shock=np.asarray(V, dtype=np.float64).reshape(S, len(unders)),
+        vol_mode=np.asarray(modes, np.int8),
+        weight=np.ones(S),
+        pnl_factor=np.ones(S),
+        label=np.asarray(labels, dtype=object),
+        scenario_id=np.asarray([f"{family}:{i}" for i in ids], dtype=object),
+        horizon_days=float(horizon_days),
+        kind="stress",
+        source=source,
+        metadata={"family": family, **(metadata or {})},
+        **kw,
+    )
+
+
+def _history_closes(coins, market=None, as_of=None) -> pd.DataFrame:
+    """Daily closes of BTC and the ``coins`` the history holds, as known at ``as_of`` (all of it when None)."""
+    store = market_store(market)
+    known = tuple(c for c in coins if store.has_daily(c))
+    return store.daily_closes(tuple(dict.fromkeys(("BTC",) + known)), as_of=as_of)
+
+
+def historical_family(coins, horizon_days: float = 0.0, vol_beta: float = 1.0, market=None,
+                      as_of=None) -> ScenarioSet:
+    """The named episodes (``EPISODES``), measured close-to-close from the daily history known at ``as_of``;
+    an episode not yet in that history is left out (``metadata["episodes_left_out"]``)."""
+    cs, unders = _family_coins(coins)
+    closes = _history_closes(cs, market, as_of)
+    known = tuple(c for c in cs if c in COINS)
+    btc_known = closes["BTC"].dropna().index
+    left_out = {ep.id: "not in the history known at the as-of time" for ep in EPISODES
+                if not (pd.Timestamp(ep.start) in btc_known and pd.Timestamp(ep.end) in btc_known)}
+    P, V, ids, labels, notes = [], [], [], [], {}
+    for ep in EPISODES:
+        if ep.id in left_out:
+            continue
+        p, v, n = episode_moves(ep, ("BTC",) + known, closes, vol_beta, market)
+        lm = {c: math.log1p(x) for c, x in zip(("BTC",) + known, p)}
+        moves, proxied = _joint_moves(cs, lm, lm["BTC"], closes, market, as_of)
+        vol_of = dict(zip(("BTC",) + known, v))
+        vols = np.array([vol_of.get(c, vol_of["BTC"]) for c in cs])
+        P.append(np.concatenate([moves, np.zeros(len(DEPEG_COINS))]))
+        V.append(np.concatenate([vols, np.zeros(len(DEPEG_COINS))]))
+        ids.append(ep.id)
+        labels.append(f"{ep.label} (close {ep.start} -> close {ep.end})")
+        notes[ep.id] = {"start": ep.start, "end": ep.end, **n, "proxied": sorted(set(n["proxied"]) | set(proxied))}
+    return _family_set("historical", unders, P, V, [VOL_RELATIVE] * len(ids), ids, labels, horizon_days,
+                       "historical episodes measured close-to-close from datasets/market/daily; vol from "
+                       "datasets/options/deribit_btc_dvol_daily.csv (realised-vol proxy before 2021-03-24)",
+                       {"episodes": notes, "episodes_left_out": left_out})
+
+
+def hypothetical_family(coins, horizon_days: float = 0.0, market=None, as_of=None) -> ScenarioSet:
+    """Uniform moves of ±10/20/30/50 % per coin and all coins together, and vol up / down."""
+    cs, unders = _family_coins(coins)
+    U = len(unders)
+    P, V, modes, ids, labels = [], [], [], [], []
+    for target in cs + ("all",):
+        for m in HYPOTHETICAL_MOVES:
+            row = np.zeros(U)
+            if target == "all":
+                row[: len(cs)] = m
+            else:
+                row[cs.index(target)] = m
+            P.append(row)
+            V.append(np.zeros(U))
+            modes.append(VOL_RELATIVE)
+            ids.append(f"{target}_{m:+.0%}")
+            labels.append(f"{'every coin' if target == 'all' else target} {m:+.0%}")
+    for sid, v in HYPOTHETICAL_VOL:
+        P.append(np.zeros(U))
+        row = np.zeros(U)
+        row[: len(cs)] = v
+        V.append(row)
+        modes.append(VOL_RELATIVE)
+        ids.append(sid)
+        labels.append(f"implied vols {v:+.0%} (relative), every coin")
+    return _family_set("hypothetical", unders, P, V, modes, ids, labels, horizon_days,
+                       "hypothetical uniform moves ±10/20/30/50 % per coin and all together; vol +50 % / −30 %")
+
+
+def _largest_rise_windows(closes: pd.DataFrame, coin: str, days: int) -> tuple[pd.Timestamp, pd.Timestamp, float]:
+    """(start, end, log rise) of ``coin``'s largest close-to-close rise over ``days`` days."""
+    lr = np.log(closes[coin]).diff(days)
+    end = lr.idxmax()
+    return end - pd.Timedelta(days=days), end, float(lr.loc[end])
+
+
+def squeeze_family(coins, horizon_days: float = 0.0, vol_beta: float = 1.0, market=None, as_of=None) -> ScenarioSet:
+    """Upward moves that stress shorts: each coin's largest 1- and 2-day rise in the daily history known at
+    ``as_of`` (every coin's move over the same window, jointly), plus hypothetical squeezes (``SQUEEZE_HYPOTHETICAL``)."""
+    cs, unders = _family_coins(coins)
+    closes = _history_closes(cs, market, as_of)
+    known = tuple(c for c in cs if c in COINS)
+    U = len(unders)
+    P, V, modes, ids, labels, notes, seen = [], [], [], [], [], {}, set()
+    for c in known:
+        for days in SQUEEZE_WINDOWS:
+            a, b, rise = _largest_rise_windows(closes, c, days)
+            if (a, b) in seen:
+                continue
+            seen.add((a, b))
+            ep = Episode(f"{c}_{days}d_{b.date()}", str(a.date()), str(b.date()), "")
+            p, v, n = episode_moves(ep, ("BTC",) + known, closes, vol_beta, market)
+            lm = {k: math.log1p(x) for k, x in zip(("BTC",) + known, p)}
+            moves, proxied = _joint_moves(cs, lm, lm["BTC"], closes, market, as_of)
+            vol_of = dict(zip(("BTC",) + known, v))
+            P.append(np.concatenate([moves, np.zeros(len(DEPEG_COINS))]))
+            V.append(np.concatenate([np.array([vol_of.get(k, vol_of["BTC"]) for k in cs]), np.zeros(len(DEPEG_COINS))]))
+            modes.append(VOL_RELATIVE)
+            ids.append(ep.id)
+            labels.append(f"{c} largest {days}-day rise ({math.expm1(rise):+.1%}), close {ep.start} -> close {ep.end}")
+            notes[ep.id] = {"coin": c, "days": days, "start": ep.start, "end": ep.end, "rise": math.expm1(rise),
+                            **n, "proxied": sorted(set(n["proxied"]) | set(proxied))}
+    for sid, lab, major, alt, v in SQUEEZE_HYPOTHETICAL:
+        row = np.zeros(U)
+        for j, c in enumerate(cs):
+            row[j] = major if c in MAJORS else alt
+        P.append(row)
+        vrow = np.zeros(U)
+        vrow[: len(cs)] = v
+        V.append(vrow)
+        modes.append(VOL_RELATIVE)
+        ids.append(sid)
+        labels.append(lab)
+    return _family_set("squeeze", unders, P, V, modes, ids, labels, horizon_days,
+                       "squeezes: each coin's largest 1- and 2-day close-to-close rise in datasets/market/daily "
+                       "(joint moves of every coin over the same window), plus hypothetical squeezes",
+                       {"squeezes": notes})
+
+
+def _bars_4h(coin: str, market=None, as_of=None) -> pd.DataFrame:
+    return market_store(market).intraday_bars(coin, "4h", as_of=as_of)
+
+
+def flash_wicks(top: int = FLASH_TOP, market=None, as_of=None) -> pd.DataFrame:
+    """The largest single-bar high-to-low ranges of the 4-hour history: columns ``bar, coin, wick`` (low/high − 1),
+    ``top`` per coin of ``FLASH_COINS``, at most one per coin and calendar day, largest first."""
+    rows = []
+    for c in FLASH_COINS:
+        b = _bars_4h(c, market, as_of)
+        wick = (b["low"] / b["high"] - 1.0).rename("wick")
+        w = wick.to_frame().assign(day=wick.index.normalize()).sort_values("wick", kind="stable")
+        w = w.drop_duplicates("day").head(top)
+        rows.append(pd.DataFrame({"bar": w.index, "coin": c, "wick": w["wick"].to_numpy()}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def flash_family(coins, horizon_days: float = 0.0, market=None, as_of=None) -> ScenarioSet:
+    """Intraday wicks as instant moves: the largest 4-hour high-to-low ranges of BTC and ETH (every coin with
+    4-hour history at its own range in that bar, the others at BTC's log move × their proxy ratio), plus
+    hypothetical alt-coin wicks of −50/−60/−70 % with BTC/ETH at −10/−15/−20 %. Vols unchanged."""
+    cs, unders = _family_coins(coins)
+    closes = _history_closes(cs, market, as_of)
+    U = len(unders)
+    wicks = flash_wicks(market=market, as_of=as_of)
+    bars = {c: _bars_4h(c, market, as_of) for c in FLASH_COINS}
+    P, V, modes, ids, labels, notes = [], [], [], [], [], {}
+    for t in pd.unique(wicks["bar"]):  # at most FLASH_TOP × 2 bars
+        t = pd.Timestamp(t)
+        lm = {}
+        for c in FLASH_COINS:
+            b = bars[c]
+            if t in b.index:
+                lm[c] = math.log(float(b.loc[t, "low"]) / float(b.loc[t, "high"]))
+        btc = lm.get("BTC", math.nan)
+        if not math.isfinite(btc):
+            continue
+        moves, proxied = _joint_moves(cs, lm, btc, closes)
+        sid = f"{t:%Y-%m-%dT%H}"
+        P.append(np.concatenate([moves, np.zeros(len(DEPEG_COINS))]))
+        V.append(np.zeros(U))
+        modes.append(VOL_RELATIVE)
+        ids.append(sid)
+        labels.append(f"4-hour wick {t:%Y-%m-%d %H:%M} UTC: BTC {math.expm1(btc):+.1%}"
+                      + (f", ETH {math.expm1(lm['ETH']):+.1%}" if "ETH" in lm else ""))
+        notes[sid] = {"bar": str(t), **{c: math.expm1(v) for c, v in lm.items()}, "proxied": proxied}
+    for sid, major, alt in FLASH_HYPOTHETICAL:
+        row = np.zeros(U)
+        for j, c in enumerate(cs):
+            row[j] = major if c in MAJORS else alt
+        P.append(row)
+        V.append(np.zeros(U))
+        modes.append(VOL_RELATIVE)
+        ids.append(sid)
+        labels.append(f"hypothetical wick: alt coins {alt:+.0%}, BTC/ETH {major:+.0%}")
+    return _family_set("flash", unders, P, V, modes, ids, labels, horizon_days,
+                       f"flash crashes: the {FLASH_TOP} largest high-to-low ranges of single bars per coin in "
+                       "datasets/market/4h (one per day), plus hypothetical alt-coin wicks", {"wicks": notes})
+
+
+def depeg_family(coins, horizon_days: float = 0.0, market=None, as_of=None) -> ScenarioSet:
+    """Stablecoin de-pegs: USDT and USDC each −5/−10/−20 %, nothing else moves."""
+    cs, unders = _family_coins(coins)
+    U = len(unders)
+    P, ids, labels = [], [], []
+    for c in DEPEG_COINS:
+        for m in DEPEG_MOVES:
+            row = np.zeros(U)
+            row[unders.index(c)] = m
+            P.append(row)
+            ids.append(f"{c}_{m:+.0%}")
+            labels.append(f"{c} de-peg {m:+.0%}")
+    return _family_set("depeg", unders, P, np.zeros((len(ids), U)), [VOL_RELATIVE] * len(ids), ids, labels,
+                       horizon_days, "hypothetical stablecoin de-pegs: USDT and USDC -5/-10/-20 %")
+
+
+def grid_family(coins, horizon_days: float = 0.0, market=None, as_of=None) -> ScenarioSet:
+    """The venue grid: the Deribit-style risk matrix (±16 % in 9 steps × vol up/same/down, plus the extended moves
+    −66 % to +500 % with vol up), every coin together and then each coin alone. Full P&L counts (no extended-table
+    factor: a stress loss is the whole loss)."""
+    from . import grid as _grid
+
+    cs, unders = _family_coins(coins)
+    joint = _grid.exchange_grid(cs, extended_moves=_grid.DERIBIT_EXTENDED_MOVES, term=_grid.DERIBIT_TERM,
+                                horizon_days=horizon_days)
+    alone = _grid.exchange_grid(cs, extended_moves=_grid.DERIBIT_EXTENDED_MOVES, term=_grid.DERIBIT_TERM,
+                                per_underlying=True, horizon_days=horizon_days) if len(cs) > 1 else None
+    parts = [(joint, "all")] + ([(alone, None)] if alone is not None else [])
+    P, V, modes, ids, labels = [], [], [], [], []
+    U = len(unders)
+    for sset, tag in parts:
+        S = sset.n_scenarios
+        p = np.zeros((S, U))
+        v = np.zeros((S, U))
+        p[:, : len(cs)] = sset.price_shock
+        v[:, : len(cs)] = sset.vol_shock
+        P.append(p)
+        V.append(v)
+        modes.append(sset.vol_mode)
+        if tag is not None:
+            ids += [f"{tag}/{i}" for i in sset.scenario_id]
+            labels += [f"every coin: {lab}" for lab in sset.label]
+        else:  # ids and labels already name the coin shocked alone ("BTC:-0.1600/up")
+            ids += [str(i).replace(":", "/", 1) for i in sset.scenario_id]
+            labels += [f"alone: {lab}" for lab in sset.label]
+    return _family_set("grid", unders, np.vstack(P), np.vstack(V), np.concatenate(modes), ids, labels, horizon_days,
+                       "venue grid: Deribit-style risk matrix with the extended table, all coins together and each "
+                       "alone", term=joint.term)
+
+
+_BUILDERS = {
+    "historical": historical_family,
+    "hypothetical": hypothetical_family,
+    "squeeze": squeeze_family,
+    "flash": flash_family,
+    "depeg": depeg_family,
+    "grid": grid_family,
+}
+
+
+def family_set(name: str, coins, horizon_days: float = 0.0, market=None, as_of=None) -> ScenarioSet:
+    """The ScenarioSet of stress family ``name`` over ``coins`` (+ USDT, USDC); ids ``<family>:<id>``.
+
+    The measured families read ``market`` (a store, a folder, or None for the default) as known at ``as_of``
+    (all of it when None): no episode, squeeze or wick after ``as_of`` is used."""
+    if name not in _BUILDERS:
+        raise ScenarioError(f"unknown stress family {name!r}; choose from {', '.join(FAMILIES)}")
+    if float(horizon_days) < 0:
+        raise ScenarioError(f"horizon_days must be >= 0, got {horizon_days}")
+    try:
+        return _BUILDERS[name](coins, horizon_days=float(horizon_days), market=market, as_of=as_of)
+    except (KeyError, ValueError) as exc:
+        raise ScenarioError(f"stress family {name}: {exc}") from None
+
+
+def family_of(scenario_ids) -> np.ndarray:
+    """[S] the family of each scenario id (the text before the first ``:``; ``file`` when there is none)."""
+    ids = pd.Series(np.asarray(scenario_ids, dtype=object)).astype("str")
+    fam = ids.str.split(":", n=1).str[0]
+    return np.where(ids.str.contains(":", regex=False), fam, "file").astype(object)
+
+
+def stress_families(names, coins, horizon_days: float = 0.0, market=None, as_of=None) -> ScenarioSet:
+    """Several families stacked into one set (the house model's stress component can take it).
+
+    The ``grid`` family carries its venue's vol-term parameters, so it cannot share a set with the others:
+    a ScenarioError says so (run it as a set of its own).
+    """
+    names = tuple(dict.fromkeys(names))
+    if not names:
+        raise ScenarioError("no stress family named")
+    sets = [family_set(n, coins, horizon_days, market, as_of) for n in names]
+    if len({s.term for s in sets}) > 1:
+        raise ScenarioError("the grid family uses the venue's vol-term parameters and cannot be stacked with "
+                            "the other families; build it on its own (family_set('grid', ...))")
+    out = sets[0]
+    for nxt in sets[1:]:
+        out = _stack(out, nxt)
+    return replace_source(out, "stress families " + ", ".join(names), {"families": list(names)})
+
+
+def replace_source(sset: ScenarioSet, source: str, metadata: dict) -> ScenarioSet:
+    from dataclasses import replace as _replace
+
+    return _replace(sset, source=source, metadata=metadata)
+
+
 __all__ = ["Episode", "EPISODES", "named_stress", "append_user", "episode_moves", "proxy_ratio", "stress_from_definition",
-           "stress_from_toml", "read_stress_definition", "DEPEG_COIN"]
+           "stress_from_toml", "read_stress_definition", "DEPEG_COIN", "FAMILIES",
+           "family_set", "family_of", "stress_families", "flash_wicks", "fallback_ratio"]
