@@ -16,8 +16,8 @@ from scipy.stats import norm
 from test_measures import PRICES, make_book, random_positions
 
 import gpurisk.margin as gm
-from gpurisk import marketdata
 from gpurisk.backends import TailStats, reference
+from gpurisk.market import StaleHistoryError, default_store, shipped_dir
 from gpurisk.margin import calls, components, house
 from gpurisk.margin.plan import execute
 from gpurisk.pricing import VolTerm
@@ -40,9 +40,21 @@ def _sset(S=1000, seed=0, horizon=2.0):
                              horizon_days=horizon)
 
 
+def _raw_bars(coin):
+    """Daily bars straight from the shipped CSV file (not through the store)."""
+    return pd.read_csv(shipped_dir() / "market" / "daily" / f"{coin}USDT_1d.csv", index_col="timestamp",
+                       parse_dates=True)
+
+
+def _raw_adv(coin, date, days=30):
+    """Mean of volume × close over the ``days`` bars through ``date``, from the raw file."""
+    b = _raw_bars(coin).loc[:date].tail(days)
+    return float((b["volume"] * b["close"]).mean())
+
+
 def _ewma_vol_loop(coin, date, lam):
     """Daily EWMA vol, the plain recursion written out (independent of the model's pandas code)."""
-    c = marketdata.daily_bars(coin)["close"].loc[:date].to_numpy()
+    c = _raw_bars(coin)["close"].loc[:date].to_numpy()
     r = np.diff(np.log(c))
     v = r[0] ** 2
     for x in r[1:]:
@@ -70,7 +82,8 @@ def test_im_components_by_hand():
     date = components.history_date(book.as_of)
     assert date == pd.Timestamp("2024-05-31")
     sigma = _ewma_vol_loop("BTC", date, 0.94)
-    adv = marketdata.average_daily_volume_usd("BTC", date, 30)
+    adv = _raw_adv("BTC", date, 30)
+    assert house.average_daily_volume_usd("BTC", date, 30) == pytest.approx(adv, rel=1e-12)
     liq = 1.0 * sigma * D * math.sqrt(D / adv)
     assert m["liquidity_addon"] == pytest.approx(liq, rel=1e-6)
     st = house.apc_state(date, p)
@@ -112,36 +125,73 @@ def test_apc_buffer_released_in_stress_and_kept_in_calm():
     # the rule itself, on the reported vols; long-run vol = sample std over the window
     for st, date in ((calm, "2024-12-31"), (covid, "2020-03-13")):
         d = pd.Timestamp(date)
-        c = marketdata.daily_bars("BTC")["close"].loc[d - pd.Timedelta(days=3650): d]
+        c = _raw_bars("BTC")["close"].loc[d - pd.Timedelta(days=3650): d]
         assert st["long_daily_vol"] == pytest.approx(np.std(np.diff(np.log(c.to_numpy())), ddof=1))
         assert st["short_daily_vol"] == pytest.approx(_ewma_vol_loop("BTC", d, 0.94), rel=1e-9)
         r = st["short_daily_vol"] / st["long_daily_vol"]
         assert st["buffer_rate"] == pytest.approx(0.25 * (1 - min(max((r - 1) / 0.5, 0), 1)))
 
 
-def test_history_date_clamps_to_last_bar():
-    assert components.history_date(np.datetime64("2026-03-01T08:00:00")) == pd.Timestamp("2024-12-31")
+def test_history_date_is_the_last_bar_known_at_the_as_of():
+    # a bar dated d closes at d+1 00:00 UTC
     assert components.history_date(np.datetime64("2024-06-10T12:00:00")) == pd.Timestamp("2024-06-09")
     assert components.history_date(np.datetime64("2024-06-10T00:00:00")) == pd.Timestamp("2024-06-09")
-    # 2026-03-01 08:00 could use the bar of 2026-02-28: 424 days after 2024-12-31
-    assert components.history_lag_days(np.datetime64("2026-03-01T08:00:00")) == (
-        pd.Timestamp("2026-02-28") - pd.Timestamp("2024-12-31")).days == 424
-    assert components.history_lag_days(np.datetime64("2025-01-01T00:00:00")) == 0  # the last bar is usable then
+    assert components.history_date(np.datetime64("2024-06-09T23:59:59")) == pd.Timestamp("2024-06-08")
+    # after the shipped history: its last bar (the staleness policy is book_history's, not this function's)
+    assert components.history_date(np.datetime64("2026-03-01T08:00:00")) == pd.Timestamp("2024-12-31")
 
 
-def test_book_after_the_history_warns_and_reports_the_date(caplog):
+def test_book_after_the_history_is_refused_naming_both_dates():
     pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
     p = house.Params(cross_venue=False)
-    with caplog.at_level(logging.WARNING, logger="gpurisk.margin.house"):
-        res = gm.compute(make_book(pos, as_of="2025-03-01T00:00:00Z"), "house", params=p, scenarios=_sset(50),
-                         backend="reference")
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "gpurisk.margin.house"]
-    assert len(warned) == 1 and "2024-12-31" in warned[0].getMessage() and "59 days" in warned[0].getMessage()
-    assert res.summary["history_date"] == "2024-12-31" and res.summary["history_lag_days"] == 59  # bar of 2025-02-28
+    with pytest.raises(StaleHistoryError) as err:
+        gm.compute(make_book(pos, as_of="2025-03-01T00:00:00Z"), "house", params=p, scenarios=_sset(50),
+                   backend="reference")
+    msg = str(err.value)
+    assert "\n" not in msg and "2024-12-31" in msg and "2025-03-01T00:00:00Z" in msg and "60 days" in msg
+    assert "--allow-stale-history" in msg
+
+
+@pytest.mark.parametrize("as_of,age,ok", [("2025-01-01T00:00:00Z", 1, True), ("2025-01-03T23:00:00Z", 3, True),
+                                         ("2025-01-04T00:00:00Z", 4, False)])
+def test_staleness_limit_is_inclusive(as_of, age, ok):
+    # the shipped history ends 2024-12-31: age = as-of date − 2024-12-31; refused when > 3 days
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
+    p = house.Params(cross_venue=False)
+    book = make_book(pos, as_of=as_of)
+    if ok:
+        res = gm.compute(book, "house", params=p, scenarios=_sset(50), backend="reference")
+        h = res.summary["market_history"]
+        assert h["end"] == res.summary["history_date"] == "2024-12-31" and h["age_days"] == age
+        assert h["stale"] is False and h["max_age_days"] == 3
+    else:
+        with pytest.raises(StaleHistoryError, match="4 days before"):
+            gm.compute(book, "house", params=p, scenarios=_sset(50), backend="reference")
+        # a wider limit lets it run, unmarked
+        res = gm.compute(book, "house", params=p, scenarios=_sset(50), backend="reference",
+                         market=default_store().with_policy(max_history_age_days=4))
+        assert res.summary["market_history"]["stale"] is False
+
+
+def test_allowed_stale_history_runs_marked_and_warned(caplog):
+    pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
+    p = house.Params(cross_venue=False)
+    store = default_store().with_policy(allow_stale_history=True)
+    with caplog.at_level(logging.WARNING, logger="gpurisk.market"):
+        stale = gm.compute(make_book(pos, as_of="2025-03-01T00:00:00Z"), "house", params=p, scenarios=_sset(50),
+                           backend="reference", market=store)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "2024-12-31" in warned[0] and "60 days" in warned[0]
+    h = stale.summary["market_history"]
+    assert h["stale"] is True and h["end"] == "2024-12-31" and h["age_days"] == 60
+    # the model reads the same history as a book dated the day after the last bar
+    fresh = gm.compute(make_book(pos, as_of="2025-01-01T08:00:00Z"), "house", params=p, scenarios=_sset(50),
+                       backend="reference")
+    assert fresh.summary["apc"] == stale.summary["apc"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="gpurisk.margin.house"):
+    with caplog.at_level(logging.WARNING, logger="gpurisk.market"):
         res = gm.compute(make_book(pos), "house", params=p, scenarios=_sset(50), backend="reference")
-    assert not caplog.records and res.summary["history_lag_days"] == 0
+    assert not caplog.records and res.summary["market_history"]["age_days"] == 1
 
 
 def test_hedged_book_pays_the_floor():
@@ -229,7 +279,7 @@ def test_chunked_tail_stats_give_the_same_result():
 
 def test_default_scenario_set_is_fhs_mc_and_stress():
     book = make_book(pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-ETH-PERP"], "quantity": [1.0]}),
-                     as_of="2026-03-01T00:00:00Z")
+                     as_of="2025-01-01T00:00:00Z")
     parts = components.default_components(book, house.Params().components())
     assert [p.kind for p in parts.values()] == ["historical", "montecarlo", "stress"]
     n = {k: p.n_scenarios for k, p in parts.items()}
@@ -283,7 +333,7 @@ def test_each_component_can_bind_by_hand():
                            kind="montecarlo")
     stress = make_scenario_set(["BTC", "ETH", "USDT"], [[-0.05, -0.05, 0.0], [0.0, 0.0, -0.10]], horizon_days=2.0,
                                kind="stress")
-    p = house.Params(stress_factor=0.4)
+    p = house.Params(stress_factor=0.4, apc_indicator="BTC")  # one buffer rate for all (the default is per coin)
     res = gm.compute(book, "house", params=p, scenarios={"historical": hist, "montecarlo": mc, "stress": stress},
                      backend="reference")
     m = res.tables["margin"].set_index("account_id")
@@ -311,7 +361,7 @@ def test_each_component_can_bind_by_hand():
     cols = ["im", "base", "base_component", "es_99_historical", "es_99_montecarlo", "stress_charge"]
     pd.testing.assert_frame_equal(v.loc[["h", "m", "s"], cols], m.loc[["h", "m", "s"], cols])
     # stress_factor scales the stress term only: at 0 the USDT holder needs nothing
-    p0 = house.Params(stress_factor=0.0)
+    p0 = house.Params(stress_factor=0.0, apc_indicator="BTC")
     m0 = gm.compute(book, "house", params=p0, scenarios={"historical": hist, "montecarlo": mc, "stress": stress},
                     backend="reference").tables["margin"].set_index("account_id")
     assert m0.loc["s", "im"] == 0.0 and m0.loc["s", "base_component"] == "none"
@@ -322,7 +372,7 @@ def test_usdt_holder_is_bound_by_the_default_depeg_stress():
     # default components (real FHS, Monte Carlo and named stress): USDT has no shock but usdt_depeg_10
     bal = pd.DataFrame({"account_id": ["s"], "venue": ["okx"], "asset": ["USDT"], "amount": [930_000.0]})
     book = make_book(pd.DataFrame({"account_id": [], "instrument_id": [], "quantity": []}), bal)
-    p = house.Params(mc_scenarios=2000)
+    p = house.Params(mc_scenarios=2000, apc_indicator="BTC")  # one buffer rate for all (the default is per coin)
     res = gm.compute(book, "house", params=p, backend="reference")
     r = res.tables["margin"].iloc[0]
     assert r["es_99_historical"] == 0.0 and r["es_99_montecarlo"] == 0.0
@@ -355,7 +405,8 @@ def test_im_does_not_drift_with_mc_scenarios():
     D = 10 * 60_000.0
     rows = {}
     for n in (2000, 10_000, 40_000):
-        p = house.Params(mc_scenarios=n, cross_venue=False)
+        # the FHS without its volatility floor binds this book in mid-2024 (with the floor, MC or stress does)
+        p = house.Params(mc_scenarios=n, cross_venue=False, vol_floor=0.0)
         comps = components.default_components(book, p.components())
         res = gm.compute(book, "house", params=p, scenarios=comps, backend="reference")
         rows[n] = res.tables["margin"].iloc[0]
@@ -390,7 +441,7 @@ def test_mc_bound_im_within_noise_of_the_closed_form():
         es, se = _tail_es(D, s, sps.norm())
         z = norm.ppf(0.01)
         assert es == pytest.approx(D * (1 - math.exp(s * s / 2) * norm.cdf(z - s) / 0.01), rel=1e-8)  # closed form
-        res = gm.compute(book, "house", params=house.Params(cross_venue=False),
+        res = gm.compute(book, "house", params=house.Params(cross_venue=False, apc_indicator="BTC"),
                          scenarios={"montecarlo": mc, "stress": stress}, backend="reference")
         r = res.tables["margin"].iloc[0]
         assert r["base_component"] == "montecarlo"
@@ -410,7 +461,7 @@ def test_collateral_is_not_in_the_liquidity_delta():
     a, b = with_c.tables["margin"].iloc[0], without.tables["margin"].iloc[0]
     D = 50 * 60_000.0
     date = components.history_date(make_book(pos).as_of)
-    liq = _ewma_vol_loop("BTC", date, 0.94) * D * math.sqrt(D / marketdata.average_daily_volume_usd("BTC", date, 30))
+    liq = _ewma_vol_loop("BTC", date, 0.94) * D * math.sqrt(D / _raw_adv("BTC", date, 30))
     assert a["liquidity_addon"] == pytest.approx(liq, rel=1e-6) == b["liquidity_addon"]
     assert a["floor"] == b["floor"] == pytest.approx(0.01 * D)
     assert abs(a["es_99"]) < 1e-6  # short 50 BTC perp against 50 BTC held: no price risk left
@@ -482,7 +533,8 @@ def test_as_of_before_the_history_is_a_clean_error():
 
     pos = pd.DataFrame({"account_id": ["a"], "instrument_id": ["OKX-BTC-PERP"], "quantity": [1.0]})
     with pytest.raises(ScenarioError, match="BTC"):
-        gm.compute(make_book(pos, as_of="2017-08-18T00:00:00Z"), "house", scenarios=_sset(50), backend="reference")
+        gm.compute(make_book(pos, as_of="2017-08-18T00:00:00Z"), "house", params=house.Params(apc_indicator="BTC"),
+                   scenarios=_sset(50), backend="reference")
     with pytest.raises(ScenarioError, match="indicator"):
         house.apc_state(pd.Timestamp("2017-08-17"), house.Params(apc_indicator="SOL"))
 
@@ -522,11 +574,14 @@ def test_a_stress_component_is_charged_stress_factor_times_worst():
     assert np.isnan(r["es_99"])
 
 
-def test_apc_reports_the_history_window_it_used(caplog):
-    house._long_daily_vol.cache_clear()
+def test_apc_reports_the_history_window_it_used(caplog, tmp_path):
+    # a copy of the BTC history in a folder of its own: a store with nothing computed yet
+    (tmp_path / "market" / "daily").mkdir(parents=True)
+    src = shipped_dir() / "market" / "daily" / "BTCUSDT_1d.csv"
+    (tmp_path / "market" / "daily" / "BTCUSDT_1d.csv").write_bytes(src.read_bytes())
     with caplog.at_level(logging.INFO, logger="gpurisk.margin.house"):
-        st = house.apc_state(pd.Timestamp("2020-03-13"), house.Params())
-    first = marketdata.daily_bars("BTC").index[0]
+        st = house.apc_state(pd.Timestamp("2020-03-13"), house.Params(), market=tmp_path)
+    first = _raw_bars("BTC").index[0]
     assert st["long_window_days"] == (pd.Timestamp("2020-03-13") - first).days  # history starts 2017-08-17
     said = [r for r in caplog.records if "only" in r.getMessage() and "3650" in r.getMessage()]
     assert said and all(r.levelno == logging.INFO for r in said)  # not a warning: it would print under --quiet

@@ -9,21 +9,21 @@ import pandas as pd
 import pytest
 
 from gpurisk.errors import ScenarioError
-from gpurisk.marketdata import COINS, datasets_dir
+from gpurisk.market import COINS, shipped_dir
 from gpurisk.scenarios import historical_scenarios
 from gpurisk.scenarios.historical import ewma_sigma
 
 
 def raw_closes() -> pd.DataFrame:
     """Closes read straight from the CSV files (not through the package loaders)."""
-    d = datasets_dir() / "market" / "daily"
+    d = shipped_dir() / "market" / "daily"
     return pd.concat(
         {c: pd.read_csv(d / f"{c}USDT_1d.csv", index_col="timestamp", parse_dates=True)["close"] for c in COINS}, axis=1
     )
 
 
 def raw_dvol() -> pd.Series:
-    df = pd.read_csv(datasets_dir() / "options" / "deribit_btc_dvol_daily.csv", index_col="date", parse_dates=True)
+    df = pd.read_csv(shipped_dir() / "options" / "deribit_btc_dvol_daily.csv", index_col="date", parse_dates=True)
     return (df["dvol"] / 100.0).asfreq("D").ffill()
 
 

@@ -3,7 +3,8 @@
 Per portfolio (an account across all venues, and each account×venue standalone),
 with L the position P&L plus the collateral P&L in a scenario:
 
-    base      = max(ES_q(L | FHS), ES_q(L | Monte Carlo), stress_factor · worst(L | stress), 0)
+    base      = max(ES_q(L | FHS), ES_q(L | Monte Carlo), stress_factor · worst(L | stress),
+                    apc_floor · ES_q(L | unfiltered apc_floor_days windows), 0)
     apc       = buffer_rate · base                                 anti-procyclicality buffer (EMIR Art. 28(1)(a))
     liquidity = Σ_u Y · σ_u · |D_u| · sqrt(|D_u| / ADV_u)          square-root impact, per underlying u
     floor     = floor_gross_rate · Σ_i |q_i · δ_i|                 gross delta notional of the positions
@@ -20,29 +21,36 @@ All amounts USD. D_u is the portfolio's net delta notional (USD per unit relativ
 move) on underlying u from its positions (collateral is left out: its liquidation
 cost is the haircut, ``collateral.py``); σ_u the EWMA (λ = ``vol_lambda``) daily
 volatility and ADV_u the ``adv_days``-day average daily traded value of u, both
-from the shipped market history at the history date.
+from the market history store at the history date.
 
-The history date is the book's as-of date, clamped (with a logged warning) to the
-last date of the shipped history (2024-12-31) when the book is later. The APC
-buffer is 25 % of the base in calm markets and is run down linearly to 0 as the
-indicator coin's short-run EWMA vol rises from its long-run level to
-``apc_release_ratio`` times it. Parameter rationale: docs/methodologies.md and
-jobs/params/house.toml.
+The history date is the history's end at the book's as-of (``components.book_history``): the
+earliest last daily close known then among the coins the model reads (the book's coins that the
+store has, the APC indicator and, with the default components, BTC). Every input is read up to
+it. A history that ends more than ``max_history_age_days`` (the store's policy, default 3) before
+the as-of date is refused (``StaleHistoryError``) unless the store allows stale history; the
+summary's ``market_history`` records the end, its age and whether it was stale. The APC
+buffer is 25 % of the base in calm markets and is run down linearly to 0 as a coin's
+short-run EWMA vol rises from its long-run level to ``apc_release_ratio`` times it: per coin
+(``apc_indicator = "own"``, a portfolio's rate weighted by its gross delta notional in each coin)
+or on one indicator coin for all. The FHS filter ratio uses a floored historical vol and a cap
+(``vol_floor``, ``ratio_cap``); the stress set holds upward moves too (``squeezes``,
+``rally_shock``). Parameter rationale, and the backtest behind each: docs/methodologies.md
+("House model") and jobs/params/house.toml.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
-from .. import marketdata
 from ..book import STABLECOINS, Book
 from ..errors import ScenarioError
+from ..market import MarketDataError, MarketStore, market_store
 from ..pricing import NUMERAIRE_USD, PricingInputs, VolTerm, contract_values, pricing_inputs
 from ..scenarios import ScenarioSet
 from ..tail import TailStats, check_levels, level_name, spec_for
@@ -50,8 +58,9 @@ from . import calls as _calls
 from . import collateral as _coll
 from . import params as _params
 from .common import compact, map_scenarios
-from .components import (COMPONENTS, ES_COMPONENTS, USER, ComponentParams, caller_components, default_components,
-                         history_date, history_lag_days)
+from ..scenarios.historical import VOL_FILTERS
+from .components import (COMPONENTS, ES_COMPONENTS, SQUEEZES, USER, ComponentParams, book_coins, book_history,
+                         caller_components, default_components)
 from .plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
 
 NAME = "house"
@@ -63,6 +72,10 @@ GROUPINGS = ("account", "account_venue")
 
 #: relative price bump of the finite-difference delta
 DELTA_BUMP = 1e-4
+#: the leg of the anti-procyclicality floor (``apc_floor`` > 0)
+FLOOR_LEG = "apc_floor"
+#: ``apc_indicator`` value that releases the buffer per underlying, on each coin's own volatility
+APC_OWN = "own"
 
 
 @dataclass(frozen=True)
@@ -76,14 +89,23 @@ class Params:
     mc_scenarios: int = 10000  # Monte Carlo draws
     mc_seed: int = 0
     mc_dist: str = "student_t"  # fat tails
+    mc_dof: float = 5.0  # Student-t degrees of freedom of the Monte Carlo (> 2; the ML fit is in docs/methodologies.md)
     stress_names: tuple[str, ...] = ()  # empty = every named stress scenario
+    vol_floor: float = 1.0  # FHS: historical vol in the filter ratio floored at this share of the long-run vol
+    ratio_cap: float = 3.0  # FHS: the filter ratio σ_now/σ_then capped at this
+    vol_filter: str = "ewma"  # FHS volatility filter: ewma, garch or adaptive (gpurisk.scenarios.volfilter)
+    squeezes: str = "coin"  # measured squeezes in the stress set: none, coin (each coin's) or market (BTC's)
+    squeeze_cap: float = 1.0  # each measured squeeze move capped at this relative rise (+100 %)
+    rally_shock: float = 0.30  # hypothetical rally: every coin up by this much, the mirror of crash_30 (0 = none)
     stress_factor: float = 0.33  # share of the worst stress loss that counts (SPAN's extreme moves: 33 %)
     profit_factor: float = 1.0  # full credit for scenario profits inside a portfolio
     mm_factor: float = 0.8  # MM = 0.8·IM (Deribit 0.8; OKX IMR = 1.3·MMR)
     apc_buffer: float = 0.25  # EMIR Art. 28(1)(a): ≥ 25 % buffer, released in stress
     apc_release_ratio: float = 1.5  # buffer fully released when short vol ≥ 1.5 × long vol
-    apc_indicator: str = "BTC"
+    apc_indicator: str = APC_OWN  # each coin's own vol releases the buffer of the portfolios exposed to it
     apc_long_days: int = 3650  # long-run vol window (10 years, as in Art. 28(1)(c))
+    apc_floor: float = 0.0  # EMIR Art. 28(1)(c): base ≥ apc_floor × ES_q over the unfiltered apc_floor_days windows
+    apc_floor_days: int = 3650  # the floor's lookback (10 years; what the history has)
     vol_lambda: float = 0.94  # RiskMetrics daily EWMA for σ_u and the APC indicator
     liquidity_coefficient: float = 1.0  # Y of the square-root impact law
     adv_days: int = 30
@@ -104,16 +126,27 @@ class Params:
             (self.mc_scenarios >= 0, "mc_scenarios must be ≥ 0"),
             (0 <= self.stress_factor <= 1, "stress_factor must lie in [0, 1]"),
             (self.mc_dist in ("student_t", "gaussian"), "mc_dist must be student_t or gaussian"),
+            (self.mc_dof > 2, "mc_dof must be > 2 (a finite variance)"),
             (0 <= self.profit_factor <= 1, "profit_factor must lie in [0, 1]"),
             (0 < self.mm_factor <= 1, "mm_factor must lie in (0, 1]"),
             (self.apc_buffer >= 0, "apc_buffer must be ≥ 0"),
             (self.apc_release_ratio > 1, "apc_release_ratio must be > 1"),
             (self.apc_long_days >= 365, "apc_long_days must be ≥ 365"),
+            (0 <= self.apc_floor < math.inf, "apc_floor must be a finite number ≥ 0"),
+            (self.apc_floor_days >= 365, "apc_floor_days must be ≥ 365"),
             (self.liquidity_coefficient >= 0, "liquidity_coefficient must be ≥ 0"),
             (self.adv_days >= 1, "adv_days must be ≥ 1"),
             (self.fallback_adv_usd > 0, "fallback_adv_usd must be > 0"),
             (self.fallback_daily_vol >= 0, "fallback_daily_vol must be ≥ 0"),
             (self.floor_gross_rate >= 0, "floor_gross_rate must be ≥ 0"),
+            (0 <= self.vol_floor < math.inf, "vol_floor must be a finite number ≥ 0"),
+            (self.ratio_cap > 0, "ratio_cap must be > 0"),
+            (self.vol_filter in VOL_FILTERS, f"vol_filter must be one of {', '.join(VOL_FILTERS)}"),
+            (self.squeezes in SQUEEZES, f"squeezes must be one of {', '.join(SQUEEZES)}"),
+            (self.squeeze_cap > 0, "squeeze_cap must be > 0"),
+            (0 <= self.rally_shock < math.inf, "rally_shock must be a finite number ≥ 0"),
+            (self.apc_indicator == APC_OWN or bool(self.apc_indicator.strip()),
+             f"apc_indicator must be a coin or {APC_OWN!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -122,7 +155,8 @@ class Params:
     def components(self) -> ComponentParams:
         """The parameters of the default scenario components."""
         return ComponentParams(self.horizon_days, self.lookback_days, self.ewma_lambda, self.mc_scenarios,
-                               self.mc_seed, self.mc_dist, self.stress_names)
+                               self.mc_seed, self.mc_dist, self.stress_names, self.vol_floor, self.ratio_cap,
+                               self.vol_filter, self.squeezes, self.squeeze_cap, self.rally_shock, self.mc_dof)
 
 
 def load_params(path: str | None = None) -> Params:
@@ -133,38 +167,81 @@ def load_params(path: str | None = None) -> Params:
 # --------------------------------------------------------------------------- market inputs
 
 
-@lru_cache(maxsize=64)
-def _ewma_daily_vol(coin: str, date: pd.Timestamp, lam: float) -> float:
-    close = marketdata.daily_bars(coin)["close"].loc[:date]
-    r = np.log(close).diff().dropna()
-    if len(r) < 2:
+def _close_path(store: MarketStore, coin: str) -> pd.Series:
+    """Every daily close of ``coin`` in the store (kept once per folder); callers cut it at their history date."""
+    return store.memo(("house.closes", coin), lambda: store.daily_bars(coin)["close"])
+
+
+def _closes_through(store: MarketStore, coin: str, date: pd.Timestamp) -> pd.Series:
+    """Daily closes of ``coin`` up to and including the bar dated ``date`` (known from ``date`` + 1 day)."""
+    return store.daily_bars(coin, as_of=date + pd.Timedelta(days=1))["close"]
+
+
+def _ewma_path(coin: str, lam: float, store: MarketStore) -> pd.Series:
+    """RiskMetrics EWMA daily vol of ``coin``'s log returns after each bar (σ_d from the returns through d):
+    σ²_d = λ·σ²_{d−1} + (1−λ)·r²_d started at r²_first. Causal, so its value on d is the one computed from the
+    history through d alone; kept once per folder."""
+    def compute():
+        r = np.log(_close_path(store, coin)).diff().dropna()
+        return np.sqrt((r * r).ewm(alpha=1.0 - lam, adjust=False).mean())
+
+    return store.memo(("house.ewma_path", coin, float(lam)), compute)
+
+
+def _ewma_daily_vol(coin: str, date: pd.Timestamp, lam: float, store: MarketStore) -> float:
+    """RiskMetrics EWMA daily vol of ``coin``'s log returns through the bar dated ``date``."""
+    path = _ewma_path(coin, lam, store)
+    n = int(path.index.searchsorted(date, side="right"))
+    if n < 1 or n + 1 < 3:  # at least two returns through ``date``
         raise KeyError(f"too little {coin} history before {date.date()}")
-    return float(np.sqrt((r * r).ewm(alpha=1.0 - lam, adjust=False).mean().iloc[-1]))
+    return float(path.iloc[n - 1])
 
 
-@lru_cache(maxsize=64)
-def _long_daily_vol(coin: str, date: pd.Timestamp, days: int) -> tuple[float, int]:
+def _long_daily_vol(coin: str, date: pd.Timestamp, days: int, store: MarketStore) -> tuple[float, int]:
     """(daily vol over up to ``days`` days to ``date``, days of history actually used)."""
-    close = marketdata.daily_bars(coin)["close"].loc[date - pd.Timedelta(days=days) : date]
-    r = np.log(close).diff().dropna()
-    if len(r) < 2:
-        raise KeyError(f"too little {coin} history before {date.date()}")
-    used = int((close.index[-1] - close.index[0]).days)
-    if used < days - 1:  # a standing property of the history, reported in the summary (apc.long_window_days)
-        log.info(
-            "anti-procyclicality: %s history gives only %d of the %d days asked for before %s; "
-            "the long-run vol uses what there is", coin, used, days, date.date(),
-        )
-    return float(r.std(ddof=1)), used
+    def compute():
+        close = _close_path(store, coin)
+        lo = int(close.index.searchsorted(date - pd.Timedelta(days=days), side="left"))
+        hi = int(close.index.searchsorted(date, side="right"))
+        win = close.iloc[lo:hi]
+        r = np.diff(np.log(win.to_numpy(dtype=np.float64)))
+        if len(r) < 2:
+            raise KeyError(f"too little {coin} history before {date.date()}")
+        used = int((win.index[-1] - win.index[0]).days)
+        if used < days - 1:  # a standing property of the history, reported in the summary (apc.long_window_days)
+            log.info(
+                "anti-procyclicality: %s history gives only %d of the %d days asked for before %s; "
+                "the long-run vol uses what there is", coin, used, days, date.date(),
+            )
+        return float(np.std(r, ddof=1)), used
+
+    return store.memo(("house.long_daily_vol", coin, date, int(days)), compute)
 
 
-def apc_state(date: pd.Timestamp, params: Params) -> dict:
-    """The anti-procyclicality buffer rate at ``date``: {buffer_rate, release, vol_ratio, short_vol, long_vol}."""
+def average_daily_volume_usd(coin: str, date: pd.Timestamp, days: int = 30, market=None) -> float:
+    """Mean daily traded value in USD over the ``days`` daily bars through ``date`` (volume × close)."""
+    store = market_store(market)
+    value = store.memo(("house.traded_value", coin), lambda: (lambda b: b["volume"] * b["close"])(
+        store.daily_bars(coin)))
+    n = int(value.index.searchsorted(date, side="right"))
+    if n < 1:
+        raise KeyError(f"no {coin} volume on or before {date.date()}")
+    return float(value.iloc[max(0, n - days):n].mean())
+
+
+def apc_state(date: pd.Timestamp, params: Params, market=None, coin: str | None = None) -> dict:
+    """The anti-procyclicality buffer rate at history date ``date`` on the closes through it of ``coin`` (default
+    the indicator ``apc_indicator``; BTC when that is ``own``): {buffer_rate, release, vol_ratio, short_vol,
+    long_vol}. The buffer is ``apc_buffer`` and is run down linearly to 0 as the coin's short-run EWMA vol rises
+    from its long-run vol to ``apc_release_ratio`` times it."""
+    store = market_store(market)
+    coin = coin or (params.apc_indicator if params.apc_indicator != APC_OWN else "BTC")
     try:
-        short = _ewma_daily_vol(params.apc_indicator, date, params.vol_lambda)
-        long, long_days = _long_daily_vol(params.apc_indicator, date, params.apc_long_days)
-    except KeyError as exc:
-        raise ScenarioError(f"anti-procyclicality indicator: {exc.args[0] if exc.args else exc}") from None
+        short = _ewma_daily_vol(coin, date, params.vol_lambda, store)
+        long, long_days = _long_daily_vol(coin, date, params.apc_long_days, store)
+    except (KeyError, MarketDataError) as exc:
+        msg = str(exc) if isinstance(exc, MarketDataError) else (exc.args[0] if exc.args else exc)
+        raise ScenarioError(f"anti-procyclicality indicator: {msg}") from None
     ratio = short / long
     release = float(np.clip((ratio - 1.0) / (params.apc_release_ratio - 1.0), 0.0, 1.0))
     return {
@@ -174,21 +251,53 @@ def apc_state(date: pd.Timestamp, params: Params) -> dict:
         "short_daily_vol": short,
         "long_daily_vol": long,
         "long_window_days": long_days,  # may be shorter than apc_long_days where the history is
-        "indicator": params.apc_indicator,
+        "indicator": coin,
     }
 
 
-def liquidity_inputs(names, date: pd.Timestamp, params: Params):
-    """(σ daily [U], ADV USD [U], used_fallback [U] bool) per underlying name; 0/inf for stablecoins."""
+def apc_rates(names, date: pd.Timestamp, params: Params, market=None) -> tuple[np.ndarray, dict]:
+    """(buffer rate [U] per underlying name, summary) at history date ``date``.
+
+    ``apc_indicator`` a coin: one rate for every underlying (``apc_state`` of that coin; the summary is its state).
+    ``own``: each coin's rate from its own volatility, so a crash of one coin releases the buffer of the
+    portfolios exposed to it; stablecoins and coins without history keep the full buffer (summary:
+    ``{mode, buffer, release_ratio, by_underlying: {coin: state}}``).
+    """
+    store = market_store(market)
+    if params.apc_indicator != APC_OWN:
+        st = apc_state(date, params, store)
+        return np.full(len(names), st["buffer_rate"]), st
+    rates = np.full(len(names), float(params.apc_buffer))
+    by = {}
+    for j, u in enumerate(names):  # distinct underlyings only
+        if u in STABLECOINS or not store.has_daily(u):
+            continue
+        try:
+            st = apc_state(date, params, store, coin=u)
+        except ScenarioError:  # too little history of a new coin: the full buffer
+            continue
+        rates[j] = st["buffer_rate"]
+        by[str(u)] = st
+    return rates, {"mode": APC_OWN, "buffer": float(params.apc_buffer),
+                   "release_ratio": float(params.apc_release_ratio), "by_underlying": by}
+
+
+def liquidity_inputs(names, date: pd.Timestamp, params: Params, market=None):
+    """(σ daily [U], ADV USD [U], used_fallback [U] bool) per underlying name at history date ``date``;
+    0/inf for stablecoins; the fallbacks for a coin the store has no daily history of."""
+    store = market_store(market)
     sig = np.zeros(len(names))
     adv = np.full(len(names), np.inf)
     fb = np.zeros(len(names), bool)
     for j, u in enumerate(names):  # distinct underlyings only
         if u in STABLECOINS:
             continue
+        if not store.has_daily(u):
+            sig[j], adv[j], fb[j] = params.fallback_daily_vol, params.fallback_adv_usd, True
+            continue
         try:
-            sig[j] = _ewma_daily_vol(u, date, params.vol_lambda)
-            adv[j] = marketdata.average_daily_volume_usd(u, date, params.adv_days)
+            sig[j] = _ewma_daily_vol(u, date, params.vol_lambda, store)
+            adv[j] = average_daily_volume_usd(u, date, params.adv_days, store)
         except KeyError:
             sig[j], adv[j], fb[j] = params.fallback_daily_vol, params.fallback_adv_usd, True
     return sig, adv, fb
@@ -204,11 +313,25 @@ def delta_notional(pi: PricingInputs, term: VolTerm) -> np.ndarray:
     return (scen[:, 0] - scen[:, 1]) / (2.0 * DELTA_BUMP)
 
 
-def scenario_components(book: Book, params: Params, scenarios=None) -> dict[str, ScenarioSet]:
-    """The components of a run: the defaults (``components.default_components``) when ``scenarios``
-    is None, else the caller's (``components.caller_components``: one set is ``user``, measured by ES_q)."""
+def floor_scenarios(book: Book, params: Params, market=None, history=None) -> ScenarioSet:
+    """The anti-procyclicality floor's scenarios: the book's coins' *unfiltered* h-day windows over the last
+    ``apc_floor_days`` days (no pinned periods), read as the default components are."""
+    from ..scenarios.historical import historical_scenarios
+
+    store = market_store(market)
+    hist = history or book_history(book, store, ("BTC",))
+    return historical_scenarios(hist.read_as_of, coins=book_coins(book), horizon_days=params.horizon_days,
+                                lookback_days=params.apc_floor_days, filtered=False, include_periods=(),
+                                market=store)
+
+
+def scenario_components(book: Book, params: Params, scenarios=None, market=None, history=None
+                        ) -> dict[str, ScenarioSet]:
+    """The components of a run: the defaults (``components.default_components``, from ``market`` read up to
+    ``history``) when ``scenarios`` is None, else the caller's (``components.caller_components``: one set is
+    ``user``, measured by ES_q)."""
     if scenarios is None:
-        return default_components(book, params.components())
+        return default_components(book, params.components(), market, history)
     return caller_components(scenarios)
 
 
@@ -221,7 +344,8 @@ class Context:
 
     The legs' instrument rows are the K held instruments then the C collateral assets (``common.compact``):
     delta [K + C] USD per unit relative move per contract; und_code [K + C] underlying column of each;
-    n_positions = K; liq_sigma, liq_adv [U] per underlying.
+    n_positions = K; liq_sigma, liq_adv, apc_rate [U] per underlying; history: the market history read
+    (``gpurisk.market.HistoryState.summary()``: end date, age, stale or not, folder).
     """
 
     params: Params
@@ -229,8 +353,7 @@ class Context:
     collateral: _coll.CollateralInstruments
     components: tuple[str, ...]
     groupings: tuple[str, ...]
-    history_date: pd.Timestamp
-    history_lag_days: int
+    history: dict
     apc: dict
     delta: np.ndarray
     und_code: np.ndarray
@@ -239,23 +362,26 @@ class Context:
     liq_sigma: np.ndarray
     liq_adv: np.ndarray
     liq_fallback: tuple[str, ...]
+    apc_rate: np.ndarray | None = None
+    underlyings: tuple[str, ...] = ()
 
 
-def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
+def plan(book: Book, params: Params | None = None, scenarios=None, market=None) -> Plan:
     """Legs ``<grouping>/<component>``: groupings ``account`` (cross-venue) and, if ``cross_venue``,
     ``account_venue`` (standalone); components as ``scenario_components``.
 
-    The legs of one component share one revaluation; the legs of one grouping share one CSR.
+    market: the history store (``gpurisk.market.MarketStore``, a folder, or None for the default store);
+    every history input is read as of the book's as-of, up to the history's end, under the store's
+    staleness policy (``StaleHistoryError`` when it is too old). The legs of one component share one
+    revaluation; the legs of one grouping share one CSR.
     """
     params = params or Params()
-    date = history_date(book.as_of)
-    lag = history_lag_days(book.as_of)
-    if lag > 0:
-        log.warning(
-            "house: book as-of %s is after the market history; using history to %s (%d days stale)",
-            pd.Timestamp(np.datetime64(book.as_of, "s")), date.date(), lag,
-        )
-    comps = scenario_components(book, params, scenarios)
+    store = market_store(market)
+    indicator = (params.apc_indicator,) if params.apc_indicator != APC_OWN else ()  # own: the book's coins
+    extra = indicator + (("BTC",) if scenarios is None else ())  # BTC: the FHS proxy coin
+    hist = book_history(book, store, extra)
+    date = hist.end
+    comps = scenario_components(book, params, scenarios, store, hist)
     coll = _coll.collateral_instruments(book)
     n_ins = len(book.instruments)
     groupings = GROUPINGS if params.cross_venue else GROUPINGS[:1]
@@ -269,6 +395,13 @@ def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
         spec = spec_for(sset, (params.confidence,), params.profit_factor)
         for g in groupings:
             legs[f"{g}/{name}"] = Leg(f"{g}/{name}", pi, sset, "usd", ports[g], spec)
+    if params.apc_floor > 0 and scenarios is None:  # the anti-procyclicality floor: unfiltered long lookback
+        fset = floor_scenarios(book, params, store, hist)
+        idx, sset = map_scenarios(book, fset, coll.assets)
+        pi = PricingInputs.concat([pricing_inputs(book, idx[:n_ins]), coll.pricing(idx[n_ins:])]).take(keep)
+        spec = spec_for(sset, (params.confidence,), params.profit_factor)
+        for g in groupings:
+            legs[f"{g}/{FLOOR_LEG}"] = Leg(f"{g}/{FLOOR_LEG}", pi, sset, "usd", ports[g], spec)
     # liquidity inputs over the held underlyings, whatever the scenario sets cover
     names = np.concatenate([np.asarray(book.instruments.underlying[keep_ins], dtype=object).astype(str),
                             np.asarray(coll.assets, dtype=object).astype(str)])  # [K + C], as the rows
@@ -277,11 +410,12 @@ def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
     pi0 = PricingInputs.concat([pricing_inputs(book, np.zeros(n_ins, np.int32)).take(keep_ins),
                                 coll.pricing(np.zeros(len(coll), np.int32))])
     pi0 = replace(pi0, underlying_idx=code.astype(np.int32))
-    sig, adv, fb = liquidity_inputs(list(und), date, params)
+    sig, adv, fb = liquidity_inputs(list(und), date, params, store)
+    rates, apc = apc_rates(list(und), date, params, store)
     held = set(map(str, book.instruments.underlying[keep_ins]))
     ctx = Context(
         params=params, book=book, collateral=coll, components=tuple(comps), groupings=tuple(groupings),
-        history_date=date, history_lag_days=lag, apc=apc_state(date, params),
+        history=hist.summary(), apc=apc, apc_rate=rates, underlyings=tuple(str(u) for u in und),
         delta=delta_notional(pi0, next(iter(comps.values())).term), und_code=code.astype(np.int64),
         n_positions=k, n_underlyings=len(und), liq_sigma=sig, liq_adv=adv,
         # only position underlyings count: collateral is not in the add-on's delta
@@ -296,8 +430,9 @@ def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "accoun
     Keys: ``es_<component>`` and, for ``stress``, ``stress_worst`` and ``stress_charge``, for every
     component in ``COMPONENTS`` (NaN for a component the run did not have), ``es`` (the largest ES
     component; NaN if none ran), ``worst`` (over every scenario of every component), ``base``,
-    ``base_component`` (the binding term, ``none`` when base is 0), ``apc_buffer``,
-    ``liquidity_addon``, ``floor``, ``im``, ``mm``. Vectorised over portfolios.
+    ``apc_floor`` (apc_floor × ES_q of the floor's scenarios; 0 when apc_floor is 0), ``base_component`` (the binding
+    term, ``none`` when base is 0), ``apc_buffer``, ``liquidity_addon``, ``floor``, ``im``, ``mm``. Vectorised
+    over portfolios.
     """
     ctx: Context = plan.context
     params = ctx.params
@@ -320,12 +455,19 @@ def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "accoun
             charges.append(st.es[:, 0])
     es_run = [out[f"es_{c}"] for c in comps if c != "stress"]
     out["es"] = np.max(np.vstack(es_run), axis=0) if es_run else nan
+    names = list(comps)
+    out["apc_floor"] = np.zeros(P)  # no floor charge unless apc_floor > 0
+    floor_leg = f"{grouping}/{FLOOR_LEG}"
+    if params.apc_floor > 0 and floor_leg in stats and floor_leg in plan.legs:
+        out["apc_floor"] = params.apc_floor * stats[floor_leg].es[:, 0]
+        charges.append(out["apc_floor"])
+        names.append(FLOOR_LEG)
     C = np.vstack(charges)  # [components, P]
     top = C.max(axis=0)
     base = np.maximum(top, 0.0)
     out["worst"] = worst
     out["base"] = base
-    out["base_component"] = np.where(top > 0.0, np.asarray(comps, dtype=object)[C.argmax(axis=0)], "none")
+    out["base_component"] = np.where(top > 0.0, np.asarray(names, dtype=object)[C.argmax(axis=0)], "none")
 
     # liquidity add-on and floor: positions only (collateral rows are the last C instruments)
     n_book = ctx.n_positions
@@ -339,7 +481,13 @@ def requirement(plan: Plan, stats: dict[str, TailStats], grouping: str = "accoun
     absD = np.abs(D)
     liquidity = (coeff[None, :] * absD * np.sqrt(absD)).sum(axis=1)
     floor = params.floor_gross_rate * np.bincount(row_port, weights=np.abs(exposure), minlength=P)
-    apc = ctx.apc["buffer_rate"] * base
+    if params.apc_indicator == APC_OWN:  # each portfolio's rate: its underlyings' rates by gross delta notional
+        G = np.bincount(row_port * U + col, weights=np.abs(exposure), minlength=P * U).reshape(P, U)
+        g = G.sum(axis=1)
+        rate = np.where(g > 0, (G @ ctx.apc_rate) / np.where(g > 0, g, 1.0), params.apc_buffer)
+    else:
+        rate = ctx.apc["buffer_rate"]
+    apc = rate * base
     im = np.maximum(base + apc + liquidity, floor)
     out.update(apc_buffer=apc, liquidity_addon=liquidity, floor=floor, im=im, mm=params.mm_factor * im)
     return out
@@ -352,6 +500,7 @@ def _measure_columns(r: dict, q: str) -> dict:
         cols[f"es_{q}_{c}"] = r[f"es_{c}"]
     cols["stress_worst"] = r["stress_worst"]
     cols["stress_charge"] = r["stress_charge"]
+    cols["apc_floor"] = r["apc_floor"]
     cols["base"] = r["base"]
     cols["base_component"] = r["base_component"]
     cols["apc_buffer"] = r["apc_buffer"]
@@ -389,8 +538,8 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         "confidence": params.confidence,
         "components": list(comps),
         "horizon_days": {c: float(s.horizon_days) for c, s in legs.items()},
-        "history_date": str(ctx.history_date.date()),
-        "history_lag_days": int(ctx.history_lag_days),
+        "history_date": ctx.history["end"],  # the date of the last daily bar read (= market_history.end)
+        "market_history": ctx.history,
         "stress_factor": params.stress_factor,
         "total_im": float(r["im"].sum()),
         "total_mm": float(r["mm"].sum()),
@@ -426,7 +575,8 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         summary["cross_margin_benefit"] = float((standalone - r["im"]).sum())
     tables["calls"] = _calls.calls_table(margin)
     usd = {c: "USD" for c in ["cross_margin_benefit", "standalone_im", "worst", f"es_{q}", "stress_worst",
-                              "stress_charge", "base", "apc_buffer", "liquidity_addon", "floor", "collateral_value"]
+                              "stress_charge", "apc_floor", "base", "apc_buffer", "liquidity_addon", "floor",
+                              "collateral_value"]
            + [f"es_{q}_{c}" for c in ES_COMPONENTS]}
     units = {"margin": usd, "venue_margin": {k: v for k, v in usd.items() if k not in ("cross_margin_benefit",
                                                                                        "standalone_im")},
@@ -444,6 +594,10 @@ __all__ = [
     "coverage",
     "scenario_components",
     "apc_state",
+    "apc_rates",
+    "APC_OWN",
+    "average_daily_volume_usd",
+    "liquidity_inputs",
     "delta_notional",
     "requirement",
 ]
