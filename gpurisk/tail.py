@@ -4,6 +4,16 @@
 the per-portfolio results (worst, VaR, ES per level), and the helpers name levels (``level_name``),
 check them, build a spec from a scenario set's weights (``spec_for``) and lay results out as a frame
 (``stats_frame``). Backends compute; margin models consume; both import this module only.
+
+Euler attribution (opt-in: ``tail_stats(..., attribution=True)`` on every backend). The tail set
+T_l of a portfolio at level l is the first n_l scenarios of its rank order, the very scenarios its
+ES_l averages: n_l = k = ⌈(1−q)·S⌉ with equal weights, else the smallest count whose weight
+reaches the tail mass. **Tie rule**: the rank order is loss descending, then scenario index
+ascending (the reference's stable sort), so of tied losses at the cut the lower scenario indices
+are in T. With the counted-loss factor g_s (``tail_factor``: −pnl_factor_s, times profit_factor
+where the portfolio gains), ES_l = Σ_{s∈T_l} w_s·x_s / Σ_{s∈T_l} w_s and x_s = g_s·Σ_j q_j·P[i_j, s],
+so the marginal of position j, ``marginal[j, l]`` = Σ_{s∈T_l} w_s·g_s·P[i_j, s] / Σ_{s∈T_l} w_s,
+gives contributions c_j = q_j·marginal[j, l] that sum to ES_l (to rounding).
 """
 
 from __future__ import annotations
@@ -46,24 +56,90 @@ class MeasureSpec:
 
 @dataclass
 class TailStats:
-    """Per-portfolio results; losses are positive numbers in the P&L's numeraire."""
+    """Per-portfolio results; losses are positive numbers in the P&L's numeraire.
+
+    With attribution (``tail_stats(..., attribution=True)``) four more arrays are set (None otherwise):
+    ``tail_index`` [P, K] int64, each portfolio's tail scenarios in rank order (−1 pads), K the largest
+    tail count the spec allows (``tail_candidates``' m); ``tail_loss`` [P, K] their counted losses (NaN
+    pads); ``tail_count`` [P, L] int64, n_l (level l's tail set is the first n_l entries);
+    ``marginal`` [nnz, L], the Euler marginal of each CSR position (numeraire per contract).
+    """
 
     worst: np.ndarray  # [P] max loss
     worst_scenario: np.ndarray  # [P] int64 index of the worst scenario
     var: np.ndarray  # [P, L] VaR per level
     es: np.ndarray  # [P, L] ES per level
+    tail_index: np.ndarray | None = None  # [P, K] int64
+    tail_loss: np.ndarray | None = None  # [P, K] float64
+    tail_count: np.ndarray | None = None  # [P, L] int64
+    marginal: np.ndarray | None = None  # [nnz, L] float64
 
     def __len__(self) -> int:
         return len(self.worst)
 
+    @property
+    def attributed(self) -> bool:
+        """True when the tail sets and the marginals are present."""
+        return self.marginal is not None and self.tail_index is not None
+
     @staticmethod
     def concat(parts: list["TailStats"]) -> "TailStats":
-        return TailStats(
+        """Portfolios of consecutive chunks joined (attribution kept only when every part has it)."""
+        out = TailStats(
             worst=np.concatenate([p.worst for p in parts]),
             worst_scenario=np.concatenate([p.worst_scenario for p in parts]),
             var=np.concatenate([p.var for p in parts]),
             es=np.concatenate([p.es for p in parts]),
         )
+        if parts and all(p.attributed for p in parts):
+            K = max(p.tail_index.shape[1] for p in parts)
+            out.tail_index = np.concatenate([_pad(p.tail_index, K, -1) for p in parts])
+            out.tail_loss = np.concatenate([_pad(p.tail_loss, K, np.nan) for p in parts])
+            out.tail_count = np.concatenate([p.tail_count for p in parts])
+            out.marginal = np.concatenate([p.marginal for p in parts])
+        return out
+
+
+def _pad(a: np.ndarray, K: int, fill) -> np.ndarray:
+    """[P, k] → [P, K ≥ k], new columns ``fill``."""
+    if a.shape[1] == K:
+        return a
+    out = np.full((a.shape[0], K), fill, dtype=a.dtype)
+    out[:, : a.shape[1]] = a
+    return out
+
+
+def tail_factor(x: np.ndarray, pnl_factor: np.ndarray, profit_factor: float) -> np.ndarray:
+    """g [...]: the counted-loss factor of tail entries with counted losses ``x`` and their scenarios'
+    ``pnl_factor``, so that x = g·L for the portfolio's raw P&L L (and Σ_j q_j·g·P[i_j, s] = x).
+
+    g = −f·pf where the portfolio gains (x < 0), −f where it loses (x ≥ 0), and 0 where profit_factor is 0
+    and x = 0 (a gain given no credit: nothing of it counts). Every backend applies this same rule.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    f = np.asarray(pnl_factor, dtype=np.float64)
+    pf = float(profit_factor)
+    g = np.where(x < 0.0, -f * pf, -f)
+    if pf == 0.0:
+        g = np.where(x == 0.0, 0.0, g)
+    return g
+
+
+def tail_coefficients(spec: MeasureSpec, tail_index: np.ndarray, tail_loss: np.ndarray,
+                      tail_count: np.ndarray) -> np.ndarray:
+    """coef [P, L, K]: w_s·g_s / Σ_{T_l} w over each level's tail set (0 outside it), so that
+    marginal[j, l] = Σ_r coef[p_j, l, r]·P[i_j, tail_index[p_j, r]] (the reference's formula)."""
+    tail_index = np.asarray(tail_index, dtype=np.int64)
+    n_port, K = tail_index.shape
+    safe = np.where(tail_index >= 0, tail_index, 0)
+    f = np.ones((n_port, K)) if spec.pnl_factor is None else np.asarray(spec.pnl_factor, dtype=np.float64)[safe]
+    w = np.ones((n_port, K)) if spec.weight is None else np.asarray(spec.weight, dtype=np.float64)[safe]
+    g = tail_factor(np.where(tail_index >= 0, tail_loss, 0.0), f, spec.profit_factor)
+    inside = np.arange(K)[None, None, :] < np.asarray(tail_count, dtype=np.int64)[:, :, None]  # [P, L, K]
+    wk = np.where(inside, w[:, None, :], 0.0)
+    W = wk.sum(axis=2, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(inside, wk * g[:, None, :] / np.where(W > 0, W, 1.0), 0.0)
 
 
 def counted_pnl(L: np.ndarray, spec: MeasureSpec) -> np.ndarray:
@@ -150,5 +226,6 @@ def stats_frame(stats: TailStats, levels) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-__all__ = ["TAIL_WEIGHT_RTOL", "MeasureSpec", "TailStats", "counted_pnl", "tail_candidates", "level_name",
+__all__ = ["TAIL_WEIGHT_RTOL", "MeasureSpec", "TailStats", "counted_pnl", "tail_candidates", "tail_factor",
+           "tail_coefficients", "level_name",
            "measure_columns", "check_levels", "spec_for", "stats_frame"]

@@ -23,6 +23,9 @@
 //   5. probability weights: m starts at the host's guess; if a level's target weight is not reached
 //      within the exact prefix, m grows fourfold and steps 2-4 repeat (at m ≥ S every scenario is a
 //      candidate), so there is no candidate limit.
+//   6. attribution (want_tail): the tail set of every level is the start of that sorted prefix; its
+//      scenarios and exact losses go to tail_s / tail_x [P, tail_cap] (rank order: loss descending,
+//      then scenario ascending, the reference's tie rule) and each level's count to tail_n [P, L].
 //   A portfolio the screen may not be used for (b not finite: see screen.py) takes every scenario as
 //   a candidate. A portfolio with no positions has zero loss everywhere. When a portfolio's
 //   candidates do not fit the block's shared buffer, the first launch (spill_pass 0) appends it to
@@ -33,6 +36,11 @@
 //   2  the exact prefix was shorter than the largest tail count (the screen bound did not hold);
 //   4  an exact loss was NaN (such a portfolio's outputs are left unwritten);
 //   8  a spilled portfolio's candidates exceeded the global buffer (cannot happen: cap >= S).
+//
+// tail_marginals (one thread per CSR position, grid-stride): the Euler marginal of position j at each
+//   level, Σ_{r<n_l} w·g·P[i_j, s_r] / Σ_{r<n_l} w over its portfolio's tail entries (s_r, x_r), with
+//   g = −f·pf where x < 0, −f otherwise, 0 where pf = 0 and x = 0 (gpurisk.tail.tail_factor); the same
+//   products and sums, in the same order, as the CPU backend's _marginal_kernel.
 
 #ifdef GR_EMULATE
 #include "cuda_emu.h"
@@ -257,13 +265,19 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
     long long* __restrict__ worst_s,
     double* __restrict__ var,
     double* __restrict__ es,
-    int* __restrict__ status)
+    int* __restrict__ status,
+    const int want_tail,                    // attribution: also write the tail sets below
+    const int tail_cap,                     // entries per portfolio row of tail_s / tail_x
+    int* __restrict__ tail_s,               // [P, tail_cap] when want_tail
+    double* __restrict__ tail_x,            // [P, tail_cap]
+    int* __restrict__ tail_n)               // [P, L]
 {
     GR_DYNAMIC_SHARED(double, smem);
     __shared__ unsigned int hist[GR_WARPS * GR_RADIX];
     __shared__ unsigned int sh_word;
     __shared__ int sh_count;
     __shared__ int sh_retry;
+    __shared__ int sh_tail;
 
     const int tid = threadIdx.x, lane = tid & 31;
     double* cand_x = spill_pass ? cand_x_g + (long long)blockIdx.x * cand_cap : smem;
@@ -281,6 +295,40 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
                 for (int lv = 0; lv < n_lev; ++lv) {
                     var[(long long)p * n_lev + lv] = 0.0;
                     es[(long long)p * n_lev + lv] = 0.0;
+                }
+                if (want_tail) {  // every loss is 0: the tail is the lowest scenario indices
+                    int* tn = tail_n + (long long)p * n_lev;
+                    int r = 0;
+                    if (!weighted) {
+                        for (int lv = 0; lv < n_lev; ++lv) {
+                            tn[lv] = (int)ks[lv];
+                            r = tn[lv] > r ? tn[lv] : r;
+                        }
+                    } else {
+                        double cw = 0.0;
+                        int done = 0;
+                        for (int lv = 0; lv < n_lev; ++lv) {
+                            tn[lv] = -1;
+                        }
+                        while (done < n_lev && r < n_s && r < tail_cap) {
+                            cw += weight[r];
+                            ++r;
+                            for (int lv = 0; lv < n_lev; ++lv) {
+                                if (tn[lv] < 0 && cw >= targets[lv]) {
+                                    tn[lv] = r;
+                                    ++done;
+                                }
+                            }
+                        }
+                        for (int lv = 0; lv < n_lev; ++lv) {
+                            tn[lv] = tn[lv] < 0 ? r : tn[lv];
+                        }
+                    }
+                    r = r < tail_cap ? r : tail_cap;
+                    for (int t = 0; t < r; ++t) {
+                        tail_s[(long long)p * tail_cap + t] = t;
+                        tail_x[(long long)p * tail_cap + t] = 0.0;
+                    }
                 }
             }
             continue;
@@ -382,6 +430,7 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
             const int trusted = gr_block_sum_int(above, &sh_count);
             if (tid == 0) {
                 sh_retry = 0;
+                sh_tail = 0;
                 worst[p] = cand_x[0];
                 worst_s[p] = cand_s[0];
                 if (!weighted) {
@@ -392,6 +441,12 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
                     if (kmax > trusted) {
                         atomicOr(status, 2);
                     } else {
+                        if (want_tail) {
+                            for (int lv = 0; lv < n_lev; ++lv) {
+                                tail_n[(long long)p * n_lev + lv] = (int)ks[lv];
+                            }
+                            sh_tail = (int)kmax;
+                        }
                         double acc = 0.0;
                         for (long long r = 0; r < kmax; ++r) {
                             acc += cand_x[r];
@@ -416,6 +471,10 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
                             if (cw >= targets[lv] && *vp != *vp) {  // first reached here (var was NaN-filled)
                                 *vp = cand_x[r];
                                 es[(long long)p * n_lev + lv] = cwx / cw;
+                                if (want_tail) {
+                                    tail_n[(long long)p * n_lev + lv] = r + 1;
+                                    sh_tail = r + 1 > sh_tail ? r + 1 : sh_tail;
+                                }
                             }
                             done += *vp == *vp;
                         }
@@ -430,6 +489,10 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
                                 if (*vp != *vp) {
                                     *vp = cand_x[r];
                                     es[(long long)p * n_lev + lv] = cwx / cw;
+                                    if (want_tail) {
+                                        tail_n[(long long)p * n_lev + lv] = c < tail_cap ? c : tail_cap;
+                                        sh_tail = c;
+                                    }
                                 }
                             }
                         }
@@ -438,10 +501,66 @@ extern "C" __global__ void __launch_bounds__(GR_TPB) tail_stats(
             }
             __syncthreads();
             if (!sh_retry) {
+                if (want_tail) {  // 6. the tail sets: the first entries of the exact sorted prefix
+                    const int nt = sh_tail < tail_cap ? sh_tail : tail_cap;
+                    for (int r = tid; r < nt; r += GR_TPB) {
+                        tail_s[(long long)p * tail_cap + r] = cand_s[r];
+                        tail_x[(long long)p * tail_cap + r] = cand_x[r];
+                    }
+                }
                 break;
             }
             m = 4 * m < n_s ? 4 * m : n_s;
         }
         __syncthreads();
+    }
+}
+
+// ---- Euler marginals of every position from its portfolio's tail set ----
+
+extern "C" __global__ void __launch_bounds__(GR_TPB) tail_marginals(
+    const long long nnz,
+    const int n_s,
+    const int n_lev,
+    const int tail_cap,
+    const int* __restrict__ pos_port,       // [nnz] the portfolio of each position
+    const int* __restrict__ idx,            // [nnz] its row of P
+    const double* __restrict__ P,           // [I, S]
+    const int* __restrict__ tail_s,         // [P, tail_cap]
+    const double* __restrict__ tail_x,      // [P, tail_cap]
+    const int* __restrict__ tail_n,         // [P, L]
+    const double* __restrict__ weight,      // [S]
+    const double* __restrict__ pnl_factor,  // [S]
+    const double profit_factor,
+    double* __restrict__ out)               // [nnz, L]
+{
+    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < nnz;
+         j += (long long)gridDim.x * blockDim.x) {
+        const int p = pos_port[j];
+        const double* row = P + (long long)idx[j] * n_s;
+        const int* ts = tail_s + (long long)p * tail_cap;
+        const double* tx = tail_x + (long long)p * tail_cap;
+        for (int lv = 0; lv < n_lev; ++lv) {
+            int n = tail_n[(long long)p * n_lev + lv];
+            n = n < tail_cap ? n : tail_cap;
+            double wsum = 0.0;
+            for (int r = 0; r < n; ++r) {
+                wsum += weight[ts[r]];
+            }
+            const double inv = wsum > 0.0 ? 1.0 / wsum : 0.0;
+            double acc = 0.0;
+            for (int r = 0; r < n; ++r) {
+                const int s = ts[r];
+                const double x = tx[r];
+                const double f = pnl_factor[s];
+                double g = x < 0.0 ? -f * profit_factor : -f;
+                if (profit_factor == 0.0 && x == 0.0) {
+                    g = 0.0;
+                }
+                const double coef = weight[s] * g;
+                acc += coef * row[s];
+            }
+            out[j * n_lev + lv] = acc * inv;
+        }
     }
 }

@@ -55,6 +55,7 @@ def check_bound(pf, P, spec, slack: float = 1.0):
 
 
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.slow
 def test_bound_on_random_books(seed):
     rng = np.random.default_rng(seed)
     n_ins, S = 40, 1500

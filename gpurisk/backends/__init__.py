@@ -157,7 +157,11 @@ class Engine:
         check_finite_pnl(P, scenarios)
         return P
 
-    def tail_stats(self, portfolios, P, spec):
+    def tail_stats(self, portfolios, P, spec, attribution: bool = False):
+        """TailStats of the portfolios over P; ``attribution`` adds the tail sets and Euler marginals
+        (``gpurisk.tail``; asked of the backend only when set, so the default call is unchanged)."""
+        if attribution:
+            return self._call("tail_stats", portfolios, P, spec, attribution=True)
         return self._call("tail_stats", portfolios, P, spec)
 
     def release(self) -> None:

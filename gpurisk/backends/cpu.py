@@ -438,8 +438,11 @@ if numba is not None:
         return n, fl
 
     @njit(cache=True, fastmath=False)
-    def _read_off(cxp, cip, n, m, weighted, ks, weight, targets, worst, worst_s, var, es, p):
-        """worst / VaR / ES of row p from its n candidates (loss, scenario), n ≥ m when any loss was admissible."""
+    def _read_off(cxp, cip, n, m, weighted, ks, weight, targets, worst, worst_s, var, es, p,
+                  want, tail_i, tail_x, tail_n):
+        """worst / VaR / ES of row p from its n candidates (loss, scenario), n ≥ m when any loss was admissible.
+
+        ``want``: also row p's tail set, best first (``tail_i``/``tail_x`` [·, m], ``tail_n`` [·, L] counts)."""
         n_lev = var.shape[1]
         if n == 0:  # no admissible loss (all NaN): say so rather than read uninitialised scratch
             worst[p] = np.nan
@@ -447,11 +450,13 @@ if numba is not None:
             for lv in range(n_lev):
                 var[p, lv] = np.nan
                 es[p, lv] = np.nan
+                if want:
+                    tail_n[p, lv] = 0
             return
         if n > m:
             _keep_top(cxp, cip, n, m)
             n = m
-        if not weighted and n_lev == 1:
+        if not weighted and n_lev == 1 and not want:
             # one level, m = k: VaR is the lowest-ranked candidate, ES their mean; no sort
             best = 0
             low = 0
@@ -478,6 +483,8 @@ if numba is not None:
                     acc += cxp[r]
                 var[p, lv] = cxp[k - 1]
                 es[p, lv] = acc / k
+                if want:
+                    tail_n[p, lv] = min(k, n)
         else:
             for lv in range(n_lev):
                 cw = 0.0
@@ -494,11 +501,17 @@ if numba is not None:
                     r = n - 1
                 var[p, lv] = cxp[r]
                 es[p, lv] = cwx / cw
+                if want:
+                    tail_n[p, lv] = r + 1
+        if want:
+            for r in range(min(n, tail_i.shape[1])):
+                tail_i[p, r] = int(cip[r])
+                tail_x[p, r] = cxp[r]
 
     @njit(cache=True, fastmath=False, parallel=True)
     def _tail_kernel(indptr, idx, qty, P, lo, hi, tile, m, pnl_factor, profit_factor,
                      weighted, ks, weight, targets, n_blocks, P_sample, pnl_sample, rank,
-                     worst, worst_s, var, es):
+                     worst, worst_s, var, es, want, tail_i, tail_x, tail_n):
         """Worst/VaR/ES of portfolios [lo, hi) written to rows [0, hi−lo) of the outputs.
 
         Each portfolio keeps up to 2m candidates; a loss enters only if it ranks above
@@ -549,7 +562,7 @@ if numba is not None:
             # order each portfolio's candidates best-first and read off the statistics
             for p in range(p0, p1):
                 _read_off(cand[p, 0::2], cand[p, 1::2], fill[p], m, weighted, ks, weight, targets,
-                          worst, worst_s, var, es, p)
+                          worst, worst_s, var, es, p, want, tail_i, tail_x, tail_n)
 
     # ---- the exact int16 screen (backends.screen): screened float32 losses decide which losses are computed ----
 
@@ -697,7 +710,7 @@ if numba is not None:
     @njit(cache=True, fastmath=False, parallel=True)
     def _screened_kernel(indptr, idx, qty, c32, P, Qt, lo, hi, m, pnl_factor, pnl32, profit_factor, pf32,
                          bound, weighted, ks, weight, targets, n_blocks, Q_sample, pnl32_sample, rank,
-                         worst, worst_s, var, es, redo):
+                         worst, worst_s, var, es, redo, want, tail_i, tail_x, tail_n):
         """Worst/VaR/ES of portfolios [lo, hi) (rows [0, hi−lo) of the outputs) through the int16 screen.
 
         Each portfolio forms its float32 screened losses y tile by tile from the tile-major int16 rows Qt
@@ -803,7 +816,50 @@ if numba is not None:
                     v = cx[h] * pnl_factor[sb[h]]
                     cx[h] = -v * (profit_factor if v > 0.0 else 1.0)
                     ci[h] = sb[h]
-                _read_off(cx, ci, k, m, weighted, ks, weight, targets, worst, worst_s, var, es, p)
+                _read_off(cx, ci, k, m, weighted, ks, weight, targets, worst, worst_s, var, es, p,
+                          want, tail_i, tail_x, tail_n)
+
+
+    @njit(cache=True, fastmath=False, parallel=True)
+    def _marginal_kernel(indptr, idx, P, tail_i, tail_x, tail_n, weight, pnl_factor, profit_factor, out):
+        """out[j, l] = Σ_{r < n_l} w·g·P[idx_j, s_r] / Σ_{r < n_l} w over portfolio p's tail entries (s_r, x_r),
+        g = ``gpurisk.tail.tail_factor``(x_r): the Euler marginal of every position (parallel over portfolios)."""
+        n_p = indptr.shape[0] - 1
+        n_lev = tail_n.shape[1]
+        K = tail_i.shape[1]
+        for p in prange(n_p):
+            j0 = indptr[p]
+            j1 = indptr[p + 1]
+            if j0 == j1:
+                continue
+            nmax = 0
+            for lv in range(n_lev):
+                nmax = max(nmax, tail_n[p, lv])
+            nmax = min(nmax, K)
+            coef = np.empty(max(nmax, 1))
+            for r in range(nmax):
+                s = tail_i[p, r]
+                f = pnl_factor[s]
+                x = tail_x[p, r]
+                if x < 0.0:
+                    g = -f * profit_factor
+                else:
+                    g = -f
+                if profit_factor == 0.0 and x == 0.0:
+                    g = 0.0
+                coef[r] = weight[s] * g
+            for lv in range(n_lev):
+                n = min(tail_n[p, lv], K)
+                wsum = 0.0
+                for r in range(n):
+                    wsum += weight[tail_i[p, r]]
+                inv = 1.0 / wsum if wsum > 0.0 else 0.0
+                for j in range(j0, j1):
+                    row = idx[j]
+                    acc = 0.0
+                    for r in range(n):
+                        acc += coef[r] * P[row, tail_i[p, r]]
+                    out[j, lv] = acc * inv
 
 
 def _vec(a, dtype):
@@ -836,7 +892,8 @@ def revalue(pi: PricingInputs, scenarios, numeraire: str = "usd", *, float32: bo
     return out
 
 
-def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = False) -> TailStats:
+def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = False,
+               attribution: bool = False) -> TailStats:
     """Per-portfolio worst / VaR / ES over P [I, S] (MeasureSpec rule), fused and tiled.
 
     ``float32=True`` is an opt-in storage mode, never the default for margin numbers: P is
@@ -846,6 +903,10 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
     the results then differ from the float64 ones by at most ``float32_error_bound`` per
     portfolio (docs/benchmarks.md states and tests/test_float32.py tests the bound).
     Without it, a float32 P is widened to float64 exactly and treated as float64 data.
+
+    ``attribution=True`` (float64 only): the read-off also writes each portfolio's tail set, best first
+    (the candidates it already holds), and ``_marginal_kernel`` gathers P at those scenarios per
+    position (``gpurisk.tail``, "Euler attribution"); off, the kernels skip both.
     """
     n_port = len(portfolios)
     n_lev = len(spec.levels)
@@ -853,6 +914,8 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
         if spec.weight is not None:
             raise ValueError("float32 storage is for equal-weight measure specs only "
                              "(a weighted VaR/ES is not Lipschitz in the P&L, so no error bound holds)")
+        if attribution:
+            raise ValueError("attribution is computed from float64 P only (float32 storage is a screening mode)")
         P = _as_float32(P)
     else:
         P = np.ascontiguousarray(P, dtype=np.float64)
@@ -862,7 +925,12 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
     var = np.zeros((n_port, n_lev))
     es = np.zeros((n_port, n_lev))
     if n_port == 0:
-        return TailStats(worst, worst_s, var, es)
+        out = TailStats(worst, worst_s, var, es)
+        if attribution:
+            K = tail_candidates(spec, S)[1] if S else 1
+            out.tail_index, out.tail_loss = np.zeros((0, K), np.int64), np.zeros((0, K))
+            out.tail_count, out.marginal = np.zeros((0, n_lev), np.int64), np.zeros((len(portfolios.quantity), n_lev))
+        return out
     if S == 0:
         raise ValueError("tail_stats needs at least one scenario")
     check_portfolios(portfolios, n_ins)
@@ -871,6 +939,28 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
     weight = np.ones(S) if spec.weight is None else _vec(spec.weight, np.float64)
     if len(pnl) != S or len(weight) != S:
         raise ValueError(f"measure spec has {len(pnl)} pnl factors / {len(weight)} weights for {S} scenarios")
+    if attribution:
+        tails = (np.full((n_port, m), -1, np.int64), np.full((n_port, m), np.nan), np.zeros((n_port, n_lev), np.int64))
+    else:  # one-element stand-ins keep the kernels' types (one compilation either way)
+        tails = (np.zeros((1, 1), np.int64), np.zeros((1, 1)), np.zeros((1, 1), np.int64))
+    st = _tail_pass(portfolios, P, spec, weighted, m, ks, targets, pnl, weight, n_port, n_lev, n_ins, S,
+                    (worst, worst_s, var, es), attribution, tails)
+    if attribution:
+        st.tail_index, st.tail_loss, st.tail_count = tails
+        st.marginal = marginals(portfolios, P, spec, st)
+    return st
+
+
+def _tails_of(tails, rows, want):
+    """The tail arrays' rows ``rows`` (a slice or indices) for a kernel call, or the stand-ins when off."""
+    if not want:
+        return tails
+    return tuple(t[rows] for t in tails)
+
+
+def _tail_pass(portfolios, P, spec, weighted, m, ks, targets, pnl, weight, n_port, n_lev, n_ins, S, out, want, tails):
+    """The screened kernel where it applies, the direct kernel for the rest; writes ``out`` and ``tails``."""
+    worst, worst_s, var, es = out
     threads = numba.get_num_threads()
     indptr = _vec(portfolios.indptr, np.int64)
     idx = _vec(portfolios.instrument_idx, np.int64)
@@ -895,31 +985,58 @@ def tail_stats(portfolios, P: np.ndarray, spec: MeasureSpec, *, float32: bool = 
                 _screened_kernel(indptr, idx, qty, c32, P, Qt, lo, hi, m, pnl, pnl32, float(spec.profit_factor),
                                  np.float32(spec.profit_factor), bound, weighted, _vec(ks, np.int64), weight,
                                  _vec(targets, np.float64), n_blocks, Q_sample, pnl32_sample, rank,
-                                 worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi], redo)
+                                 worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi], redo,
+                                 want, *_tails_of(tails, slice(lo, hi), want))
             again = np.flatnonzero(redo & ok)
             if len(again):  # the sample's θ₀ was too high: screened again with no starting threshold
                 sub_ptr, sub_idx, sub_qty, take = _subset(indptr, idx, qty, again)
                 sub_redo = np.zeros(len(again), dtype=np.bool_)
                 got = [np.zeros(len(again)), np.zeros(len(again), dtype=np.int64), np.zeros((len(again), n_lev)),
                        np.zeros((len(again), n_lev))]
+                sub_tails = _tails_of(tails, again, want)
                 _screened_kernel(sub_ptr, sub_idx, sub_qty, c32[take], P, Qt, 0, len(again), m, pnl, pnl32,
                                  float(spec.profit_factor), np.float32(spec.profit_factor), bound[again], weighted,
                                  _vec(ks, np.int64), weight, _vec(targets, np.float64),
                                  int(min(len(again), BLOCKS_PER_THREAD * threads)),
-                                 np.empty((n_ins, 0), dtype=np.int16), np.empty(0, dtype=np.float32), 0, *got, sub_redo)
+                                 np.empty((n_ins, 0), dtype=np.int16), np.empty(0, dtype=np.float32), 0, *got, sub_redo,
+                                 want, *sub_tails)
                 done = ~sub_redo
-                for out, part in zip((worst, worst_s, var, es), got):
-                    out[again[done]] = part[done]
+                for o, part in zip((worst, worst_s, var, es), got):
+                    o[again[done]] = part[done]
+                if want:
+                    for o, part in zip(tails, sub_tails):
+                        o[again[done]] = part[done]
                 redo[again[done]] = False
             rest = np.flatnonzero(redo)
             if len(rest):  # not screenable, or a band of near-ties wider than the buffer: computed directly
                 sub_ptr, sub_idx, sub_qty, _ = _subset(indptr, idx, qty, rest)
+                sub_tails = _tails_of(tails, rest, want)
                 got = _direct((sub_ptr, sub_idx, sub_qty), P, spec, weighted, m, ks, targets, pnl, weight, threads,
-                              n_ins, S)
+                              n_ins, S, want=want, tails=sub_tails)
                 worst[rest], worst_s[rest], var[rest], es[rest] = got.worst, got.worst_scenario, got.var, got.es
+                if want:
+                    for o, part in zip(tails, sub_tails):
+                        o[rest] = part
             return TailStats(worst=worst, worst_scenario=worst_s, var=var, es=es)
     return _direct((indptr, idx, qty), P, spec, weighted, m, ks, targets, pnl, weight, threads, n_ins, S,
-                   out=(worst, worst_s, var, es))
+                   out=(worst, worst_s, var, es), want=want, tails=tails)
+
+
+def marginals(portfolios, P: np.ndarray, spec: MeasureSpec, stats: TailStats) -> np.ndarray:
+    """[nnz, L] Euler marginals of every CSR position from the tail sets in ``stats`` (``_marginal_kernel``)."""
+    n_lev = len(spec.levels)
+    nnz = len(portfolios.quantity)
+    out = np.zeros((nnz, n_lev))
+    if nnz == 0 or len(portfolios) == 0:
+        return out
+    S = P.shape[1]
+    pnl = np.ones(S) if spec.pnl_factor is None else _vec(spec.pnl_factor, np.float64)
+    weight = np.ones(S) if spec.weight is None else _vec(spec.weight, np.float64)
+    _marginal_kernel(_vec(portfolios.indptr, np.int64), _vec(portfolios.instrument_idx, np.int64),
+                     np.ascontiguousarray(P, dtype=np.float64), _vec(stats.tail_index, np.int64),
+                     _vec(stats.tail_loss, np.float64), _vec(stats.tail_count, np.int64), weight, pnl,
+                     float(spec.profit_factor), out)
+    return out
 
 
 def _subset(indptr, idx, qty, rows):
@@ -930,13 +1047,16 @@ def _subset(indptr, idx, qty, rows):
     return sub_ptr, idx[take], qty[take], take
 
 
-def _direct(csr, P, spec, weighted, m, ks, targets, pnl, weight, threads, n_ins, S, out=None):
-    """The unscreened kernel (``_tail_kernel``) over the CSR (indptr, idx, qty); writes into ``out`` if given."""
+def _direct(csr, P, spec, weighted, m, ks, targets, pnl, weight, threads, n_ins, S, out=None, want=False, tails=None):
+    """The unscreened kernel (``_tail_kernel``) over the CSR (indptr, idx, qty); writes into ``out`` if given
+    (and, with ``want``, the tail sets into ``tails``)."""
     indptr, idx, qty = csr
     n_port = len(indptr) - 1
     n_lev = len(spec.levels)
     if out is None:
         out = (np.zeros(n_port), np.zeros(n_port, dtype=np.int64), np.zeros((n_port, n_lev)), np.zeros((n_port, n_lev)))
+    if tails is None:
+        tails = (np.zeros((1, 1), np.int64), np.zeros((1, 1)), np.zeros((1, 1), np.int64))
     worst, worst_s, var, es = out
     tile = int(min(S, max(16, TILE_BYTES // (P.itemsize * max(n_ins, 1)))))
     chunk = int(max(1, min(n_port, STATE_BYTES // (32 * m + 24))))
@@ -950,7 +1070,7 @@ def _direct(csr, P, spec, weighted, m, ks, targets, pnl, weight, threads, n_ins,
         n_blocks = int(min(hi - lo, BLOCKS_PER_THREAD * threads))
         _tail_kernel(indptr, idx, qty, P, lo, hi, tile, m, pnl, float(spec.profit_factor), weighted,
                      _vec(ks, np.int64), weight, _vec(targets, np.float64), n_blocks, P_sample, pnl_sample, rank,
-                     worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi])
+                     worst[lo:hi], worst_s[lo:hi], var[lo:hi], es[lo:hi], want, *_tails_of(tails, slice(lo, hi), want))
     return TailStats(worst=worst, worst_scenario=worst_s, var=var, es=es)
 
 

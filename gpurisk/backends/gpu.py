@@ -33,6 +33,9 @@ the kernel until every level's weight is reached: there is no candidate limit. c
 (``csr @ P``) is not used: it would write the dense [portfolios, S] block to global memory and
 read it back for the selection. A NaN loss raises ``NonFinitePnL``; a broken screen bound (a
 defect, never expected) raises ``GpuLimitError`` so the engine retries that call on the CPU.
+With ``attribution=True`` the tail kernel also writes each portfolio's tail set (the start of its
+sorted exact prefix) and ``tail_marginals`` gathers P at those scenarios, one thread per position,
+into the Euler marginals (``gpurisk.tail``); off, the kernel skips both (one branch per portfolio).
 
 Every function that touches a device takes ``device=``: None for the CuPy device, or an
 object with the same small interface (``xp``, ``launch``, ``to_host``, ``sm_count``,
@@ -66,7 +69,7 @@ CACHE_ENTRIES = 8
 #: compile options: no fused multiply-add, so results round as on the CPU
 NVRTC_OPTIONS = ("--fmad=false",)
 #: kernel modules and the entry points the backend launches
-MODULES = {"revalue": ("instrument_base", "revalue_pnl"), "tail_stats": ("quantize_rows", "tail_stats")}
+MODULES = {"revalue": ("instrument_base", "revalue_pnl"), "tail_stats": ("quantize_rows", "tail_stats", "tail_marginals")}
 
 
 class GpuLimitError(RuntimeError):
@@ -475,17 +478,23 @@ def spill_shape(n_spill: int, n_s: int, sm_count: int = 132, smem_budget: int = 
 
 
 @_releasing
-def tail_stats(portfolios, P, spec: MeasureSpec, *, device=None) -> TailStats:
+def tail_stats(portfolios, P, spec: MeasureSpec, *, device=None, attribution: bool = False) -> TailStats:
     """Per-portfolio worst / VaR / ES (MeasureSpec rule) from P [I, S] (host or device array).
 
     The host-side checks (portfolio CSR, the lengths of ``pnl_factor`` and ``weight``)
     run before anything touches the device: the kernel does not bounds-check.
+    ``attribution``: also the tail sets and the per-position Euler marginals (``TailStats``).
     """
     n_port, n_lev = len(portfolios), len(spec.levels)
     n_ins, n_s = P.shape
     if n_port == 0:
         z = np.zeros((0, n_lev))
-        return TailStats(np.zeros(0), np.zeros(0, np.int64), z, z.copy())
+        out = TailStats(np.zeros(0), np.zeros(0, np.int64), z, z.copy())
+        if attribution:
+            K = tail_candidates(spec, n_s)[1] if n_s else 1
+            out.tail_index, out.tail_loss = np.zeros((0, K), np.int64), np.zeros((0, K))
+            out.tail_count, out.marginal = np.zeros((0, n_lev), np.int64), np.zeros((len(portfolios.quantity), n_lev))
+        return out
     if n_s == 0:
         raise ValueError("tail_stats needs at least one scenario")
     if n_s >= 2**30 or n_ins * n_s >= 2**62:
@@ -514,11 +523,19 @@ def tail_stats(portfolios, P, spec: MeasureSpec, *, device=None) -> TailStats:
     es = xp.full((n_port, n_lev), np.nan)
     status = xp.zeros(1, dtype=np.int32)
     spill = xp.zeros(n_port + 1, dtype=np.int32)
+    tail_cap = int(m_safe) if attribution else 1
+    if attribution:
+        tail_s = xp.full(n_port * tail_cap, -1, dtype=np.int32)
+        tail_x = xp.full(n_port * tail_cap, np.nan, dtype=np.float64)
+        tail_n = xp.zeros(n_port * n_lev, dtype=np.int32)
+    else:
+        tail_s, tail_x, tail_n = xp.zeros(1, dtype=np.int32), xp.zeros(1, dtype=np.float64), xp.zeros(1, dtype=np.int32)
+    tails_in = (np.int32(bool(attribution)), np.int32(tail_cap), tail_s, tail_x, tail_n)
     common_in = (np.int32(n_s), indptr, idx, qty, coef, P_dev, Q, xp.asarray(pnl), xp.asarray(pnl.astype(np.float32)),
                  np.float64(spec.profit_factor), np.float32(spec.profit_factor), bound, np.int32(n_lev),
                  xp.asarray(ks, dtype=np.int64), np.int32(weighted), xp.asarray(weight),
                  xp.asarray(targets, dtype=np.float64), np.int32(m_first))
-    outs = (worst, worst_s, var, es, status)
+    outs = (worst, worst_s, var, es, status, *tails_in)
     none_f = xp.zeros(1, dtype=np.float32)
     none_d = xp.zeros(1, dtype=np.float64)
     none_i = xp.zeros(1, dtype=np.int32)
@@ -542,5 +559,19 @@ def tail_stats(portfolios, P, spec: MeasureSpec, *, device=None) -> TailStats:
         raise NonFinitePnL("a portfolio's counted P&L is NaN on the GPU (check P, pnl_factor and profit_factor)")
     if st:
         raise GpuLimitError(f"the GPU tail kernel's self-check failed (status {st}): its screen bound did not hold")
-    return TailStats(worst=np.asarray(dev.to_host(worst)), worst_scenario=np.asarray(dev.to_host(worst_s)),
-                     var=np.asarray(dev.to_host(var)), es=np.asarray(dev.to_host(es)))
+    out = TailStats(worst=np.asarray(dev.to_host(worst)), worst_scenario=np.asarray(dev.to_host(worst_s)),
+                    var=np.asarray(dev.to_host(var)), es=np.asarray(dev.to_host(es)))
+    if attribution:
+        nnz = int(len(portfolios.quantity))
+        marg = xp.zeros(max(nnz, 1) * n_lev, dtype=np.float64)
+        if nnz:
+            pos_port = xp.asarray(np.repeat(np.arange(n_port, dtype=np.int32), np.diff(np.asarray(portfolios.indptr))))
+            dev.launch("tail_stats", "tail_marginals", _blocks(nnz), THREADS,
+                       (np.int64(nnz), np.int32(n_s), np.int32(n_lev), np.int32(tail_cap), pos_port, idx, P_dev,
+                        tail_s, tail_x, tail_n, xp.asarray(weight), xp.asarray(pnl), np.float64(spec.profit_factor),
+                        marg))
+        out.tail_index = np.asarray(dev.to_host(tail_s), dtype=np.int64).reshape(n_port, tail_cap)
+        out.tail_loss = np.asarray(dev.to_host(tail_x)).reshape(n_port, tail_cap)
+        out.tail_count = np.asarray(dev.to_host(tail_n), dtype=np.int64).reshape(n_port, n_lev)
+        out.marginal = np.asarray(dev.to_host(marg))[: nnz * n_lev].reshape(nnz, n_lev)
+    return out

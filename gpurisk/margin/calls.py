@@ -10,6 +10,11 @@ Status bands, in the spirit of Binance's uniMMR bands (equity / MM), with IM on 
 A band that would start above IM (because IM is close to MM) is capped at IM,
 so an account at or above IM is always ``ok``. ``call_amount`` = max(IM − equity, 0),
 the cash that restores IM, for every status but ``ok``.
+
+A venue that publishes its own call band on MM (Binance uniMMR: a margin call below 1.5 × MM)
+sets ``call_mm_ratio``: the call line is then max(IM, call_mm_ratio·MM) in place of IM, the
+lower bands are capped at it, and ``call_amount`` restores the call line. ``classify_bands``
+takes the three ratios per row, so one venue table can carry each venue's published bands.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class CallParams:
 
     reduce_only_mm_ratio: float = 1.10
     liquidation_mm_ratio: float = 1.00
+    call_mm_ratio: float = 0.0  # > 0: the call line is max(IM, call_mm_ratio·MM) (0: IM is the call line)
 
     def __post_init__(self):
         if not (0.0 < self.liquidation_mm_ratio <= self.reduce_only_mm_ratio):
@@ -45,23 +51,40 @@ class CallParams:
                 "need 0 < liquidation_mm_ratio <= reduce_only_mm_ratio, got "
                 f"{self.liquidation_mm_ratio} and {self.reduce_only_mm_ratio}"
             )
+        if self.call_mm_ratio != 0.0 and not (self.call_mm_ratio >= self.reduce_only_mm_ratio):
+            raise ValueError(f"call_mm_ratio must be 0 (IM is the call line) or >= reduce_only_mm_ratio "
+                             f"({self.reduce_only_mm_ratio}), got {self.call_mm_ratio}")
+
+
+def call_line(im, mm, call_mm_ratio=0.0) -> np.ndarray:
+    """[n] the equity below which a row is called: IM, or max(IM, call_mm_ratio·MM) where the ratio is > 0."""
+    im = np.asarray(im, dtype=np.float64)
+    r = np.broadcast_to(np.asarray(call_mm_ratio, dtype=np.float64), im.shape)
+    return np.where(r > 0.0, np.maximum(im, r * np.asarray(mm, dtype=np.float64)), im)
+
+
+def classify_bands(im, mm, equity, call_mm_ratio, reduce_only_mm_ratio, liquidation_mm_ratio):
+    """(status [n], call_amount [n]) with the bands given per row (ratios [n] or scalars; see the module docstring)."""
+    im = np.asarray(im, dtype=np.float64)
+    mm = np.asarray(mm, dtype=np.float64)
+    eq = np.asarray(equity, dtype=np.float64)
+    top = call_line(im, mm, call_mm_ratio)
+    liq_line = np.minimum(np.asarray(liquidation_mm_ratio, dtype=np.float64) * mm, top)
+    ro_line = np.minimum(np.asarray(reduce_only_mm_ratio, dtype=np.float64) * mm, top)
+    status = np.select(
+        [eq >= top, eq >= ro_line, eq >= liq_line],
+        ["ok", "call", "reduce_only"],
+        default="liquidation",
+    ).astype(object)
+    amount = np.where(status == "ok", 0.0, np.maximum(top - eq, 0.0))
+    return status, amount
 
 
 def classify(im: np.ndarray, mm: np.ndarray, equity: np.ndarray, params: CallParams | None = None):
     """(status [n] str, call_amount [n] USD) per account; see the module docstring."""
     params = params or CallParams()
-    im = np.asarray(im, dtype=np.float64)
-    mm = np.asarray(mm, dtype=np.float64)
-    eq = np.asarray(equity, dtype=np.float64)
-    liq_line = np.minimum(params.liquidation_mm_ratio * mm, im)
-    ro_line = np.minimum(params.reduce_only_mm_ratio * mm, im)
-    status = np.select(
-        [eq >= im, eq >= ro_line, eq >= liq_line],
-        ["ok", "call", "reduce_only"],
-        default="liquidation",
-    ).astype(object)
-    amount = np.where(status == "ok", 0.0, np.maximum(im - eq, 0.0))
-    return status, amount
+    return classify_bands(im, mm, equity, params.call_mm_ratio, params.reduce_only_mm_ratio,
+                          params.liquidation_mm_ratio)
 
 
 def calls_table(margin: pd.DataFrame) -> pd.DataFrame:
@@ -80,4 +103,5 @@ def status_counts(status) -> dict:
     return {k: int(counts.get(k, 0)) for k in STATUSES}
 
 
-__all__ = ["STATUSES", "REASONS", "CallParams", "classify", "calls_table", "status_counts"]
+__all__ = ["STATUSES", "REASONS", "CallParams", "call_line", "classify_bands", "classify", "calls_table",
+           "status_counts"]

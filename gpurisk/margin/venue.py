@@ -12,8 +12,16 @@ summary names the venue, and the batch raises an alert.
 Every account × venue pair present in the positions or the balances has one row, in
 USD; a pair with nothing margined there carries IM 0. ``equity_usd`` is the pair's
 holdings in USD: balances (coins at the index price, stablecoins at 1) plus the mark
-value of its spot positions at that venue (``replica.holdings_usd``); status and call
-amount follow ``calls.classify``.
+value of its spot positions at that venue (``replica.holdings_usd``).
+
+Venue-predicted calls: ``status`` and ``call_amount_usd`` are what the venue itself would do,
+with each venue's published bands where the venue table gives them (``[venues.NAME]
+call_mm_ratio``, ``reduce_only_mm_ratio``, ``liquidation_mm_ratio``, ``bands_source``; e.g.
+Binance uniMMR: a call below 1.5 × MM, reduce-only below 1.2, liquidation below 1.05) and the
+house bands (``[calls]``) elsewhere (``calls.classify_bands``). ``mm_ratio`` is equity / MM
+(uniMMR for Binance; NaN where MM is 0), ``call_line_usd`` the equity at which the row is ``ok``,
+``bands`` says whose bands applied (``venue`` or ``house``). The ``calls`` table lists the rows the
+venues will act on.
 
 """
 
@@ -30,6 +38,7 @@ import pandas as pd
 from ..book import SPOT, Book
 from ..errors import ConfigError, GpuriskError
 from ..tail import TailStats
+from .calls import CallParams, calls_table, call_line, classify_bands, status_counts
 from .params import load_overlay
 from .plan import UNCOVERED, MarginResult, Plan, standard_frame
 from .replica import account_venue_pairs, holdings_usd
@@ -38,6 +47,8 @@ NAME = "venue"
 log = logging.getLogger(__name__)
 
 METHODOLOGIES = ("deribit", "okx", "spot")
+#: Binance portfolio margin's published uniMMR states (docs/methodologies.md, "Venue-predicted calls")
+BINANCE_BANDS = "Binance portfolio margin uniMMR states: reminder < 150 %, reduce-only < 120 %, liquidation < 105 %"
 
 # ---------------------------------------------------------------------------------------------
 # the venue methodology model
@@ -45,13 +56,33 @@ METHODOLOGIES = ("deribit", "okx", "spot")
 
 @dataclass(frozen=True)
 class VenueSpec:
-    """How one venue margins: ``methodology`` (deribit | okx | spot)."""
+    """How one venue margins: ``methodology`` (deribit | okx | spot) and, where the venue publishes them,
+    its status bands as multiples of MM (0 = the house band, ``Params.calls``); ``bands_source`` cites them."""
 
     methodology: str = "spot"
+    call_mm_ratio: float = 0.0
+    reduce_only_mm_ratio: float = 0.0
+    liquidation_mm_ratio: float = 0.0
+    bands_source: str = ""
 
     def __post_init__(self):
         if self.methodology not in METHODOLOGIES:
             raise ValueError(f"methodology {self.methodology!r} is not one of {', '.join(METHODOLOGIES)}")
+        for k in ("call_mm_ratio", "reduce_only_mm_ratio", "liquidation_mm_ratio"):
+            if not (getattr(self, k) >= 0.0):
+                raise ValueError(f"{k} must be >= 0 (0 = the house band), got {getattr(self, k)}")
+
+    @property
+    def own_bands(self) -> bool:
+        return any(getattr(self, k) > 0.0 for k in ("call_mm_ratio", "reduce_only_mm_ratio", "liquidation_mm_ratio"))
+
+    def call_params(self, house: CallParams) -> CallParams:
+        """The bands this venue's rows are classified with: its own where set, the house's otherwise."""
+        return CallParams(
+            reduce_only_mm_ratio=self.reduce_only_mm_ratio or house.reduce_only_mm_ratio,
+            liquidation_mm_ratio=self.liquidation_mm_ratio or house.liquidation_mm_ratio,
+            call_mm_ratio=self.call_mm_ratio or house.call_mm_ratio,
+        )
 
 
 @dataclass(frozen=True)
@@ -68,12 +99,21 @@ class Params:
         default_factory=lambda: {
             "deribit": VenueSpec("deribit"),
             "okx": VenueSpec("okx"),
-            "binance": VenueSpec("spot"),
+            "binance": VenueSpec("spot", call_mm_ratio=1.5, reduce_only_mm_ratio=1.2, liquidation_mm_ratio=1.05,
+                                 bands_source=BINANCE_BANDS),
         }
     )
     deribit_params: str = ""
     okx_params: str = ""
     spot_short_rate: float = 1.0
+    calls: CallParams = field(default_factory=CallParams)
+
+    def __post_init__(self):
+        for name, spec in self.venues.items():  # each venue's bands must form a valid CallParams
+            try:
+                spec.call_params(self.calls)
+            except ValueError as exc:
+                raise ValueError(f"venues.{name}: {exc}") from None
 
 
 def load_params(path: str | None) -> Params:
@@ -145,6 +185,12 @@ def plan(book: Book, params: Params | None = None, scenarios=None) -> Plan:
     return Plan(model=NAME, legs=legs, context=Context(book, params, sub, by, missing))
 
 
+def spot_charge(quantity, contract_size, mark, rate: float) -> np.ndarray:
+    """[n] USD margin of fully paid spot positions: ``rate`` × the USD notional of a short, 0 for a long."""
+    notional = np.asarray(quantity, dtype=np.float64) * contract_size * mark
+    return rate * np.maximum(-notional, 0.0)
+
+
 def _spot_rows(book: Book, venues: tuple[str, ...], rate: float) -> pd.DataFrame:
     """Fully paid spot: per account × venue, short spot charged ``rate`` × USD notional."""
     ins, pos = book.instruments, book.positions
@@ -160,8 +206,7 @@ def _spot_rows(book: Book, venues: tuple[str, ...], rate: float) -> pd.DataFrame
             "map the venue to a derivatives methodology in the venue table"
         )
     ii = pos.instrument_idx[sel]
-    notional = pos.quantity[sel] * ins.contract_size[ii] * book.market.underlying_price[ii]
-    charge = rate * np.maximum(-notional, 0.0)
+    charge = spot_charge(pos.quantity[sel], ins.contract_size[ii], book.market.underlying_price[ii], rate)
     df = pd.DataFrame({"account_idx": pos.account_idx[sel], "venue": vpos[sel], "im_usd": charge})
     out = df.groupby(["account_idx", "venue"], sort=True, as_index=False)["im_usd"].sum()
     out.insert(0, "account_id", book.accounts[out["account_idx"].to_numpy()])
@@ -227,9 +272,29 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     equity = rows["equity_usd"].fillna(0.0).to_numpy()
     margin = standard_frame(rows["account_id"], rows["venue"], NAME, "USD", rows["im_usd"], rows["mm_usd"], equity)
     margin["methodology"] = rows["methodology"].to_numpy()
-    margin.loc[uncovered, ["equity", "excess", "equity_usd", "excess_usd", "call_amount_usd"]] = np.nan
+    # venue-predicted status: each venue's published bands where known, the house bands elsewhere
+    bands = {v: spec.call_params(params.calls) for v, spec in params.venues.items()}
+    venue_of = rows["venue"].astype(str)
+    ratio = {k: venue_of.map({v: getattr(b, k) for v, b in bands.items()}).fillna(getattr(params.calls, k))
+             .to_numpy(dtype=np.float64) for k in ("call_mm_ratio", "reduce_only_mm_ratio", "liquidation_mm_ratio")}
+    im, mm = margin["im_usd"].to_numpy(), margin["mm_usd"].to_numpy()
+    status, amount = classify_bands(im, mm, equity, ratio["call_mm_ratio"], ratio["reduce_only_mm_ratio"],
+                                    ratio["liquidation_mm_ratio"])
+    margin["status"] = status
+    margin["call_amount_usd"] = amount
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin["mm_ratio"] = np.where(mm > 0.0, equity / np.where(mm > 0.0, mm, 1.0), np.nan)
+    margin["call_line_usd"] = call_line(im, mm, ratio["call_mm_ratio"])
+    own = {v for v, spec in params.venues.items() if spec.own_bands}
+    margin["bands"] = np.where(venue_of.isin(own).to_numpy(), "venue", "house").astype(object)
+    margin.loc[uncovered, ["equity", "excess", "equity_usd", "excess_usd", "call_amount_usd", "mm_ratio",
+                           "call_line_usd"]] = np.nan
     margin.loc[uncovered, "status"] = UNCOVERED
     tables["margin"] = margin
+    tables["calls"] = calls_table(margin).merge(margin[["account_id", "venue", "methodology", "bands"]],
+                                                on=["account_id", "venue"], how="left")
+    units["margin"] = {"mm_ratio": "1", "call_line_usd": "USD"}
+    units["calls"] = {"call_amount_usd": "USD", "im_usd": "USD", "mm_usd": "USD", "equity_usd": "USD"}
     t = MarginResult(NAME, {"margin": margin}).totals()
     summary.update(
         n_rows=int(len(margin)),
@@ -243,8 +308,14 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         deficit_usd_total=t["total_deficit_usd"],
         uncovered_venues=list(ctx.uncovered),
         uncovered_pairs=int(uncovered.sum()),
+        predicted_status_by_venue={str(v): status_counts(g["status"]) for v, g in
+                                   margin[~uncovered].groupby(margin["venue"][~uncovered].astype(str), sort=True)},
+        venue_bands={v: {"call_mm_ratio": b.call_mm_ratio, "reduce_only_mm_ratio": b.reduce_only_mm_ratio,
+                         "liquidation_mm_ratio": b.liquidation_mm_ratio,
+                         "source": params.venues[v].bands_source or "house bands"} for v, b in bands.items()},
     )
     return MarginResult(model=NAME, tables=tables, summary=summary, units=units)
 
 
-__all__ = ["NAME", "Params", "VenueSpec", "Context", "load_params", "plan", "finalize", "coverage", "uncovered_venues"]
+__all__ = ["NAME", "Params", "VenueSpec", "Context", "load_params", "plan", "finalize", "coverage", "uncovered_venues",
+           "spot_charge"]

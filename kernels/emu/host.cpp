@@ -16,6 +16,8 @@ extern "C" const char* gr_emu_launch(const char* fn, unsigned grid, unsigned blo
     static std::string err;
     if (std::strcmp(fn, "tail_stats") == 0) {
         err = gr_emu::launch(tail_stats, grid, block, smem, args, seed);
+    } else if (std::strcmp(fn, "tail_marginals") == 0) {
+        err = gr_emu::launch(tail_marginals, grid, block, smem, args, seed);
     } else if (std::strcmp(fn, "quantize_rows") == 0) {
         err = gr_emu::launch(quantize_rows, grid, block, smem, args, seed);
     } else if (std::strcmp(fn, "instrument_base") == 0) {
