@@ -399,3 +399,27 @@ def test_holder_swaps_atomically(session, book, scen):
 
     new = h.reload(build)
     assert seen == [session] and h.current is new and h.reloads == 2
+
+
+def test_trade_contributions_equal_the_full_attribution_of_the_modified_book(session, tables, scen, book):
+    """The what-if's Euler contribution of a trade on a held instrument is Δq × that instrument's marginal in the
+    full attribution (``gpurisk.actions.attribution.compute``) of the modified book, and the ES it explains is the
+    modified book's ES of that component."""
+    from gpurisk.actions.attribution import compute as attribute
+
+    a = next(i for i in range(book.n_accounts) if len(session.positions_of(i)) >= 2)
+    acc = str(book.accounts[a])
+    ref, q = session.positions_of(a)[0]
+    trades = [(ref.key, 0.5 * q, None)]
+    w = gpurisk.whatif(session, acc, [Trade(i, dq, d) for i, dq, d in trades], attribution=True)
+    assert w.attribution["available"] and set(w.attribution["models"]["house"]) == {"historical", "montecarlo"}
+    book2 = build(modified(tables[0], acc, trades), tables[1])
+    full = attribute(book2, "house", scenarios=scen, backend="reference").tables["attribution"]
+    mine = full[full["account_id"] == acc]
+    for comp, got in w.attribution["models"]["house"].items():
+        rows = mine[mine["measure"] == f"es_99_{comp}"]
+        marg = float(rows.loc[rows["instrument_id"] == ref.key, "marginal_per_unit"].iloc[0])
+        (t,) = got["trades"]
+        assert close(t["marginal_per_unit"], marg) and close(t["contribution_usd"], 0.5 * q * marg)
+        assert close(got["es_after_usd"], float(rows["contribution_usd"].sum()))
+    assert not gpurisk.whatif(session, acc, [Trade(ref.key, 1.0)]).attribution["available"]

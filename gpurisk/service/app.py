@@ -33,7 +33,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("gpurisk.service")
 
-WHATIF_FIELDS = ("account_id", "trades", "models")
+WHATIF_FIELDS = ("account_id", "trades", "models", "attribution")
 MARGIN_FIELDS = ("positions", "balances", "models")
 TRADE_FIELDS = ("instrument_id", "quantity", "instrument")
 
@@ -253,9 +253,12 @@ def create_app(service: Service, handle_sighup: bool = True):
         if "account_id" not in data:
             raise ApiError(422, "account_id is required", "account_id")
         trades = service.trades(data.get("trades"), "trades")
+        attribution = data.get("attribution", False)
+        if not isinstance(attribution, bool):
+            raise ApiError(422, "attribution must be true or false", "attribution")
         s = service.session()
         t = time.perf_counter()
-        res = await run_in_threadpool(whatif, s, data["account_id"], trades, data.get("models"))
+        res = await run_in_threadpool(whatif, s, data["account_id"], trades, data.get("models"), attribution)
         service.metrics.compute.labels("whatif").observe(time.perf_counter() - t)
         out = res.as_dict()
         out["as_of"] = s.as_of

@@ -12,9 +12,10 @@ margin recomputation of the modified book on the same backend (up to the order o
 floating-point sums) at a fraction of its cost. ``margin_of`` margins an ad-hoc portfolio
 (positions and balances given in full) the same way. All amounts are USD.
 
-Euler contributions of the trades: attribution is not built yet; every result says so in
-``attribution`` (``ATTRIBUTION_UNAVAILABLE``) rather than inventing one. A later attribution
-module fills ``WhatIf.attribution`` in ``whatif`` below.
+Euler contributions of the trades (``attribution=True``): per house model label and ES component,
+each trade's Δq × its marginal over the post-trade tail set of the account (``gpurisk.tail``, the
+same k, weights and tie rule as the ES); they sum with the rest of the account's positions to that
+ES. Without it, ``attribution`` says it was not asked for.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from ..errors import GpuriskError
 from .base import MAX_QUANTITY, MAX_TRADES, Figures, ModelConfig, Trade, WhatIfError, check_quantity
 from .session import ReloadBusy, Session, SessionHolder, apply_trades, spot_traded
 
-#: what ``attribution`` says until Euler attribution exists
-ATTRIBUTION_UNAVAILABLE = {"available": False, "reason": "Euler attribution is not built yet"}
+#: what ``attribution`` says when it was not asked for
+ATTRIBUTION_UNAVAILABLE = {"available": False, "reason": "not asked for (attribution=true)"}
 #: the keys of one before/after block (amounts USD)
 BLOCK_KEYS = ("im_before", "im_after", "mm_before", "mm_after", "equity_before", "equity_after", "excess_before",
               "excess_after", "status_before", "status_after", "call_amount_before", "call_amount_after")
@@ -96,11 +97,12 @@ def _as_trades(trades):
     return out
 
 
-def whatif(session: Session, account_id: str, trades, models=None) -> WhatIf:
+def whatif(session: Session, account_id: str, trades, models=None, attribution: bool = False) -> WhatIf:
     """The account's margin before and after ``trades`` ([(instrument_id, quantity)], ``Trade`` or
     mappings with ``instrument_id``, ``quantity`` and, for an unlisted instrument, ``instrument``).
 
-    models: session labels to answer for (None: every label with a what-if). WhatIfError (a
+    models: session labels to answer for (None: every label with a what-if). attribution: also the
+    trades' Euler contributions to each house ES component after the trades. WhatIfError (a
     GpuriskError with ``field`` and ``status``) names the bad input.
     """
     t0 = time.perf_counter()
@@ -119,8 +121,14 @@ def whatif(session: Session, account_id: str, trades, models=None) -> WhatIf:
         try:
             if session.models[label].name == "house":
                 before = ev.before(a)
-                fig = ev.evaluate(account_id, after, balances, a=a, equity=before.equity if same_equity else None)
+                sink: dict = {}
+                fig = ev.evaluate(account_id, after, balances, a=a, equity=before.equity if same_equity else None,
+                                  attribute=(resolved, sink) if attribution else None)
                 out.house[label] = Change(before, fig)
+                if attribution:
+                    if not out.attribution.get("available"):
+                        out.attribution = {"available": True, "currency": "USD", "models": {}}
+                    out.attribution["models"][label] = sink
             else:
                 before = ev.before(a)
                 res = ev.evaluate(account_id, after, balances, equity=ev.equity_of(before) if same_equity else None)
@@ -189,8 +197,8 @@ def _balances(session: Session, balances):
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self, session, account_id, trades, models=None):
-        return whatif(session, account_id, trades, models)
+    def __call__(self, session, account_id, trades, models=None, attribution: bool = False):
+        return whatif(session, account_id, trades, models, attribution)
 
 
 sys.modules[__name__].__class__ = _CallableModule

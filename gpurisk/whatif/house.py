@@ -96,11 +96,14 @@ class HouseWhatIf:
                        float(self.equity[a] - self.im[a]), str(self.status[a]), float(self.call[a]))
 
     def evaluate(self, account_id: str, positions, balances, a: int | None = None, equity: float | None = None,
-                 where: str = "trades") -> Figures:
+                 where: str = "trades", attribute=None) -> Figures:
         """Figures of a portfolio of ``positions`` [(InstrumentRef, q)] plus collateral.
 
         ``a``: the session account whose collateral rows to use (None: net ``balances`` (venue,
         asset, amount) per asset). ``equity``: the known equity (None: computed from the holdings).
+        ``attribute``: (trades [(InstrumentRef, Δq)], sink dict): the trades' Euler contributions to each ES
+        component of the portfolio go into ``sink`` ({component: {...}}; per call, so concurrent requests
+        never share it).
         """
         ctx = self.ctx
         rows, qs, extra = [], [], []
@@ -148,6 +151,9 @@ class HouseWhatIf:
         for c in self.comps:
             L = portfolio_pnl(self.P[c], rows, qs, [(q, e.pnl[c]) for q, e in extra])
             stats[f"account/{c}"] = tail_one(L, self.legs[c].spec)
+        if attribute is not None:
+            trades, sink = attribute
+            sink.update({c: self._contributions(c, rows, qs, extra, trades, where) for c in self.comps if c != "stress"})
         n = len(q_loc)
         lctx = replace(
             ctx, delta=np.asarray(delta, dtype=np.float64), und_code=np.asarray(code, dtype=np.int64),
@@ -167,6 +173,32 @@ class HouseWhatIf:
             equity = float(eq[0])
         status, amount = _calls.classify(np.array([im]), np.array([mm]), np.array([equity]), self.params.calls)
         return Figures(im, mm, equity, equity - im, str(status[0]), float(amount[0]))
+
+    def _contributions(self, c: str, rows, qs, extra, trades, where: str) -> dict:
+        """Euler contributions (USD) of ``trades`` [(InstrumentRef, Δq)] to the ES of component ``c`` of the portfolio
+        (rows of P ``rows`` × ``qs`` plus ``extra``): Δq × the trade instrument's marginal, the mean of its P&L over
+        the portfolio's tail set (the ES's own k and weights; ``gpurisk.tail``, "Euler attribution"). The trade rows
+        ride along with quantity 0, so they change no loss; a trade that closes a position still has its marginal."""
+        from ..backends import reference as _ref
+        from ..book import Portfolios
+
+        P = self.P[c]
+        mats = [P[r] for r in rows] + [e.pnl[c] for _, e in extra]
+        qty = list(qs) + [q for q, _ in extra]
+        n = len(mats)
+        for ref, _ in trades:
+            r = self.rowmap[ref.book_idx] if ref.book_idx >= 0 else -1
+            mats.append(P[r] if r >= 0 else self._instrument_row(ref, where).pnl[c])
+            qty.append(0.0)
+        m = len(mats)
+        ports = Portfolios(np.array([0, m], dtype=np.int64), np.arange(m, dtype=np.int32),
+                           np.asarray(qty, dtype=np.float64), np.zeros(1, dtype=np.int32))
+        spec = self.legs[c].spec
+        st = _ref.tail_stats(ports, np.vstack(mats), spec, attribution=True)
+        marg = st.marginal[n:, 0]
+        return {"es_after_usd": float(st.es[0, 0]),
+                "trades": [{"instrument_id": ref.key, "quantity": float(dq), "marginal_per_unit": float(g),
+                            "contribution_usd": float(dq * g)} for (ref, dq), g in zip(trades, marg)]}
 
     # ------------------------------------------------------------------ rows revalued on the fly
 
