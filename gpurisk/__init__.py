@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """Lazy subpackages, so ``import gpurisk; gpurisk.margin(book)`` works without importing everything up front."""
-    if name in ("margin", "scenarios", "backends", "batch", "io", "book", "pricing"):
+    """Lazy subpackages, so ``import gpurisk; gpurisk.margin(book)`` (or ``gpurisk.whatif(session, ...)``) works
+    without importing everything up front."""
+    if name in ("margin", "scenarios", "backends", "batch", "io", "book", "pricing", "whatif"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

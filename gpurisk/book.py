@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ValidationError
-from .schema import REQUIRED_COLUMNS, TABLES, VALUE_CHARS, reject_message
+from .schema import DEFAULT_ACCOUNT_KIND, REQUIRED_COLUMNS, TABLES, VALUE_CHARS, reject_message
 
 SPOT, FUTURE, PERPETUAL, OPTION = 0, 1, 2, 3
 LINEAR, INVERSE = 0, 1
@@ -192,8 +192,32 @@ def _lookup(keys: np.ndarray, values: pd.Series) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class AccountGroups:
+    """The optional ``accounts`` table, aligned to ``Book.accounts`` ([A] each).
+
+    group_id: the member group an account belongs to (affiliates default together);
+    name: display name; kind: e.g. ``house``, ``client``, ``fund`` (``unspecified`` if not given).
+    """
+
+    group_id: np.ndarray  # [A] str
+    name: np.ndarray  # [A] str
+    kind: np.ndarray  # [A] str
+
+    @staticmethod
+    def own(accounts: np.ndarray) -> "AccountGroups":
+        """Each account its own group, named by its id, of kind ``unspecified``."""
+        acc = np.asarray(accounts, dtype=object)
+        return AccountGroups(group_id=acc.copy(), name=acc.copy(),
+                             kind=np.full(len(acc), DEFAULT_ACCOUNT_KIND, dtype=object))
+
+
+@dataclass(frozen=True)
 class Book:
-    """A risk team's whole book at one as-of time."""
+    """A risk team's whole book at one as-of time.
+
+    ``groups`` holds the optional ``accounts`` table aligned to ``accounts``; None means each
+    account is its own group (``account_groups()`` gives the aligned arrays either way).
+    """
 
     as_of: np.datetime64
     accounts: np.ndarray  # [A] str, sorted unique
@@ -201,10 +225,15 @@ class Book:
     market: MarketSnapshot
     positions: Positions
     balances: Balances
+    groups: AccountGroups | None = None
 
     @property
     def n_accounts(self) -> int:
         return len(self.accounts)
+
+    def account_groups(self) -> AccountGroups:
+        """[A] group, name and kind of every account (its own group when the book has no accounts table)."""
+        return self.groups if self.groups is not None else AccountGroups.own(self.accounts)
 
     def underlying_idx(self) -> np.ndarray:
         """[I] int32: each instrument's column in ``market.underlyings``."""
@@ -248,8 +277,14 @@ class Book:
         index: pd.DataFrame,
         positions: pd.DataFrame,
         balances: pd.DataFrame,
+        accounts: pd.DataFrame | None = None,
     ) -> "Book":
         """Build a book from validated tables (``gpurisk.validate``); columns as in docs/data-format.md.
+
+        ``accounts`` (optional: ``account_id, group_id`` and optionally ``name, kind``) puts
+        accounts into member groups; an account it does not list is its own group, and a listed
+        account without positions or balances is ignored. A missing id or a repeated
+        ``account_id`` raises ``ValidationError`` like the other tables.
 
         Takes the clean tables of ``gpurisk.validate`` (or equally clean frames built in
         Python) and checks them cheaply, vectorised: a cell that would give a wrong or
@@ -268,6 +303,7 @@ class Book:
         policy of docs/data-format.md). Vectorised: 10 M positions load in seconds.
         """
         as_of = to_utc_seconds(as_of)
+        acc_tab = None if accounts is None else accounts.reset_index(drop=True)
         tabs = {"instruments": instruments, "market": market, "index": index, "positions": positions,
                 "balances": balances}
         for name in TABLES:
@@ -366,10 +402,33 @@ class Book:
             asset=np.asarray(assets, dtype=object)[bkey_u % n_a] if len(bkey_u) else np.empty(0, object),
             amount=np.bincount(binv.reshape(-1), weights=amount, minlength=len(bkey_u)).astype(np.float64),
         )
-        return Book(as_of=as_of, accounts=accounts, instruments=instr, market=snap, positions=pos, balances=bal)
+        groups = None if acc_tab is None else _account_groups(acc_tab, accounts)
+        return Book(as_of=as_of, accounts=accounts, instruments=instr, market=snap, positions=pos, balances=bal,
+                    groups=groups)
 
 
 # ----------------------------------------------------------------------------- from_frames checks
+
+
+def _account_groups(tab: pd.DataFrame, accounts: np.ndarray) -> AccountGroups:
+    """The accounts table aligned to the book's sorted ``accounts`` [A]; unlisted accounts are their own group."""
+    missing = [c for c in REQUIRED_COLUMNS["accounts"] if c not in tab.columns]
+    if missing:
+        raise ValidationError(f"Book.from_frames: table 'accounts' lacks column(s) {', '.join(missing)}")
+    ids = _ids("accounts", tab, "account_id", unique_reason="duplicate_account").to_numpy(dtype=object)
+    grp = _ids("accounts", tab, "group_id").to_numpy(dtype=object)
+    out = AccountGroups.own(accounts)
+    row = _lookup(ids, pd.Series(np.asarray(accounts, dtype=object)))  # [A] row of each account, -1 if unlisted
+    hit = row >= 0
+    out.group_id[hit] = grp[row[hit]]
+    for col, target in (("name", out.name), ("kind", out.kind)):  # an empty cell keeps the default
+        if col not in tab.columns:
+            continue
+        txt, miss = _text(tab, col)
+        vals = (txt.str.strip().str.lower() if col == "kind" else txt.str.strip()).to_numpy(dtype=object)
+        sel = hit & ~miss[np.maximum(row, 0)]
+        target[sel] = vals[row[sel]]
+    return out
 
 
 def _cell(df: pd.DataFrame, column: str, i: int) -> str:

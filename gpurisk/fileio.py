@@ -99,9 +99,11 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path, write: Callable[[BinaryIO], object], *, parents: bool = True) -> Path:
+def atomic_write(path, write: Callable[[BinaryIO], object], *, parents: bool = True, durable: bool = True) -> Path:
     """Write ``path`` atomically: ``write(fh)`` fills a temp file (binary ``fh``) that replaces ``path``.
 
+    ``durable=False`` skips the fsyncs, for files that are recomputed when lost (chunk checkpoints):
+    still atomic (a reader sees the old file or the new one), not durable across a power loss.
     The new file's mode is 0o666 less the process umask, as for ``open()``. An OS failure
     (no permission, disk full, the folder is a file) is a ``WriteError`` naming ``path``;
     any other exception from ``write`` propagates unchanged. Either way the temp file is
@@ -125,7 +127,8 @@ def atomic_write(path, write: Callable[[BinaryIO], object], *, parents: bool = T
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -135,13 +138,14 @@ def atomic_write(path, write: Callable[[BinaryIO], object], *, parents: bool = T
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise WriteError(f"{path}: cannot write ({_reason(exc)})") from None
         raise
-    _fsync_folder(path.parent)
+    if durable:
+        _fsync_folder(path.parent)
     return path
 
 
-def write_bytes(data: bytes, path, *, parents: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda fh: fh.write(data), parents=parents)
+def write_bytes(data: bytes, path, *, parents: bool = True, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (``durable``: see ``atomic_write``)."""
+    return atomic_write(path, lambda fh: fh.write(data), parents=parents, durable=durable)
 
 
 def write_text(text: str, path, *, parents: bool = True) -> Path:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .book import Book, to_utc_seconds
 from .errors import BookError
 from .fileio import read_toml, write_csv, write_json, write_parquet, write_text  # noqa: F401 - writers re-exported
-from .schema import REQUIRED_COLUMNS, TABLES  # noqa: F401 - the table schema, re-exported
+from .schema import OPTIONAL_TABLES, REQUIRED_COLUMNS, TABLES  # noqa: F401 - the table schema, re-exported
 from .validate import DEFAULT_MARK_BAND, DEFAULT_MAX_NOTIONAL_USD, validate
 
 FORMATS = ("parquet", "csv")
@@ -179,7 +179,10 @@ def parse_as_of(value, where: str = "as_of") -> np.datetime64:
 
 
 def read_tables(book_dir) -> tuple[dict[str, pd.DataFrame], dict]:
-    """All tables of a book folder plus its ``book.toml``; raises ``BookError`` on structural faults."""
+    """All tables of a book folder plus its ``book.toml``; raises ``BookError`` on structural faults.
+
+    The optional tables (``accounts``) are in the dict only when the folder has them.
+    """
     book_dir = Path(book_dir)
     if not book_dir.exists():
         raise BookError(f"{book_dir}: book folder not found")
@@ -187,6 +190,9 @@ def read_tables(book_dir) -> tuple[dict[str, pd.DataFrame], dict]:
         raise BookError(f"{book_dir}: not a folder (a book is a folder of tables)")
     meta = read_book_toml(book_dir)
     tables = {name: read_table(find_table(book_dir, name), name) for name in TABLES}
+    for name in OPTIONAL_TABLES:  # read when present (``accounts``: member groups)
+        if any((book_dir / f"{name}.{fmt}").exists() for fmt in FORMATS):
+            tables[name] = read_table(find_table(book_dir, name), name)
     return tables, meta
 
 
@@ -226,6 +232,7 @@ def load_book(
         "accounts": int(book.n_accounts),
         "instruments": int(len(book.instruments)),
         "positions": int(len(book.positions.quantity)),
+        "groups": int(len(pd.unique(book.groups.group_id))) if book.groups is not None else None,
     }
     return LoadedBook(book=book, rejects=rejects, summary=summary, meta=meta)
 
@@ -262,6 +269,7 @@ def toml_dumps(meta: dict) -> str:
 def write_book(out_dir, tables: dict[str, pd.DataFrame], meta: dict, fmt: str = "parquet") -> Path:
     """Write a book folder: every table as ``NAME.fmt`` plus ``book.toml`` (must hold ``as_of``).
 
+    An optional table (``accounts``) is written when ``tables`` holds it.
     A stale copy of a table in the other format is removed, so the folder stays unambiguous.
     """
     if fmt not in FORMATS:
@@ -273,7 +281,7 @@ def write_book(out_dir, tables: dict[str, pd.DataFrame], meta: dict, fmt: str = 
         raise BookError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     writer = write_parquet if fmt == "parquet" else write_csv
-    for name in TABLES:
+    for name in TABLES + tuple(n for n in OPTIONAL_TABLES if tables.get(n) is not None):
         writer(tables[name], out / f"{name}.{fmt}")
         other = out / f"{name}.{'csv' if fmt == 'parquet' else 'parquet'}"
         if other.exists():

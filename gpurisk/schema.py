@@ -9,6 +9,8 @@ from __future__ import annotations
 
 #: the tables of a book, in the order they are validated and reported
 TABLES = ("instruments", "market", "index", "positions", "balances")
+#: tables a book may have; absent means the default (``accounts``: each account is its own group)
+OPTIONAL_TABLES = ("accounts",)
 
 #: required columns per table (extra columns are allowed and carried along)
 REQUIRED_COLUMNS = {
@@ -27,7 +29,15 @@ REQUIRED_COLUMNS = {
     "index": ("underlying", "price"),
     "positions": ("account_id", "instrument_id", "quantity"),
     "balances": ("account_id", "venue", "asset", "amount"),
+    "accounts": ("account_id", "group_id"),
 }
+
+#: optional columns of a table: read when present, defaulted when absent
+OPTIONAL_COLUMNS = {
+    "accounts": ("name", "kind"),
+}
+#: ``kind`` of an account the accounts table leaves empty (or of an account it does not list)
+DEFAULT_ACCOUNT_KIND = "unspecified"
 
 #: rows with the same key are summed into one (netting); the validation summary counts them as ``merged``
 MERGE_KEYS = {
@@ -61,6 +71,23 @@ REASONS = {
     "duplicate_market_row": "market row repeats an earlier row for the instrument",
     "duplicate_underlying": "index row repeats an earlier row for the underlying",
     "unknown_asset": "balance asset has no index price",
+    "duplicate_account": "account_id repeats an earlier row of the accounts table",
+}
+
+#: reason codes of the adapters (``gpurisk.adapters``): records of venue and clearing-house structures that
+#: map to no book row (docs/interfaces.md); an adapter's rejects may also use the codes of ``REASONS``
+ADAPTER_REASONS = {
+    "unknown_symbol": "symbol or instrument name does not parse or is not in the symbol mapping",
+    "unknown_contract_size": "contract size unknown (add the venue's instrument list or a mapping entry)",
+    "unsupported_instrument": "instrument type not held in a book (spot margin, combination, ...)",
+    "unsupported_message": "message type not read (FIXML: PosRpt and CollRpt only)",
+    "flat_position": "position size is zero (a closed position); nothing to margin",
+    "side_conflict": "side and the sign of the size disagree",
+    "zero_balance": "balance is zero; nothing to hold",
+    "conflicting_instrument": "instrument repeats an earlier source's with other terms (the first is kept)",
+    "conflicting_index": "index price differs from an earlier source's for the same underlying (the first is kept)",
+    "superseded_report": "a later report for the same position replaces or amends this one (FIXML Actn)",
+    "cancelled_report": "the position report was cancelled (FIXML Actn 3 or 4)",
 }
 
 #: columns of the rejects table

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from .book import KIND_CODES, OPTION_TYPE_CODES, SETTLEMENT_CODES, to_utc_seconds
 from .errors import ValidationError
-from .schema import MERGE_KEYS, REASONS, REJECT_COLUMNS, REQUIRED_COLUMNS, TABLES, VALUE_CHARS
+from .schema import MERGE_KEYS, OPTIONAL_TABLES, REASONS, REJECT_COLUMNS, REQUIRED_COLUMNS, TABLES, VALUE_CHARS
 
 #: largest accepted option implied_vol (decimal): above it the vol was most likely given in percent
 MAX_IMPLIED_VOL = 5.0
@@ -144,6 +144,8 @@ def _lookup(keys: pd.Series, universe: pd.Series) -> np.ndarray:
     Arrow's hash lookup (``index_in``) against the small universe; 10 M keys take well under a second.
     """
     uni = pd.Index(universe)
+    if len(uni) == 0:
+        return np.full(len(keys), -1, dtype=np.int64)
     first = ~uni.duplicated(keep="first")
     rows = np.flatnonzero(first)
     try:
@@ -269,6 +271,7 @@ def validate(
     """Check every row of a book's tables.
 
     ``tables``: DataFrames ``instruments, market, index, positions, balances``
+    and, optionally, ``accounts`` (member groups; ``missing_value``, ``duplicate_account``)
     (columns as in docs/data-format.md; extra columns are carried along).
     ``as_of``: the book's UTC time. Returns ``(clean_tables, rejects, summary)``:
     clean tables hold only accepted rows with typed columns (ready for
@@ -295,6 +298,11 @@ def validate(
         missing = [c for c in REQUIRED_COLUMNS[name] if c not in tables[name].columns]
         if missing:
             raise ValidationError(f"table {name!r}: missing column(s) {', '.join(missing)}")
+    for name in OPTIONAL_TABLES:  # optional tables: checked when given
+        if tables.get(name) is not None:
+            missing = [c for c in REQUIRED_COLUMNS[name] if c not in tables[name].columns]
+            if missing:
+                raise ValidationError(f"table {name!r}: missing column(s) {', '.join(missing)}")
     as_of = to_utc_seconds(as_of)
     t = {k: tables[k].reset_index(drop=True) for k in _TABLE_ORDER}
 
@@ -426,7 +434,25 @@ def validate(
             ck_bl.flag(np.abs(amt) * b_px > limits["max_notional_usd"], "amount", "implausible_notional")
 
     checks = {"instruments": ck_in, "market": ck_mk, "index": ck_ix, "positions": ck_ps, "balances": ck_bl}
-    parts = [checks[k].rejects() for k in _TABLE_ORDER]
+
+    # ---- accounts (optional): member groups
+    order = list(_TABLE_ORDER)
+    c_ac = None
+    if tables.get("accounts") is not None:
+        ac = tables["accounts"].reset_index(drop=True)
+        ck_ac = _Check("accounts", ac)
+        a_miss = _missing(ac["account_id"])
+        ck_ac.flag(a_miss, "account_id", "missing_value")
+        ck_ac.flag(_text(ac["account_id"]).duplicated(keep="first").to_numpy(dtype=bool) & ~a_miss, "account_id",
+                   "duplicate_account")
+        ck_ac.flag(_missing(ac["group_id"]), "group_id", "missing_value")
+        checks["accounts"] = ck_ac
+        order.append("accounts")
+        c_ac = ac.copy(deep=False)
+        for c in ("account_id", "group_id") + tuple(c for c in ("name", "kind") if c in ac.columns):
+            c_ac[c] = _text(ac[c])
+        c_ac = c_ac if ck_ac.ok.all() else c_ac.loc[ck_ac.ok].reset_index(drop=True)
+    parts = [checks[k].rejects() for k in order]
     parts = [p for p in parts if len(p)]
     rejects = pd.concat(parts, ignore_index=True) if parts else _empty_rejects()
     if strict and len(rejects):
@@ -473,10 +499,12 @@ def validate(
     c_bl = _keep(c_bl, ck_bl.ok)
 
     clean = {"instruments": c_ins, "market": c_mk, "index": c_ix, "positions": c_ps, "balances": c_bl}
+    if c_ac is not None:
+        clean["accounts"] = c_ac
 
     # ---- summary
     summary: dict = {}
-    for k in _TABLE_ORDER:
+    for k in order:
         n, acc = checks[k].n, int(checks[k].ok.sum())
         summary[k] = {"input": int(n), "accepted": acc, "rejected": int(n - acc)}
     # merged rows (MERGE_KEYS); a position's instrument is keyed by its instruments row

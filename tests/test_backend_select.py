@@ -78,6 +78,7 @@ class OutOfMemoryGpu:
         raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED")
 
 
+@pytest.mark.slow
 def test_gpu_failure_falls_back_to_cpu_and_is_counted(caplog):
     pi, sc, pf, spec = _small_problem()
     eng = Engine("cpu")

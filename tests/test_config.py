@@ -139,6 +139,8 @@ def test_shipped_jobs_parse(name):
     assert job.name == name
     if name == "calibration":
         assert job.kind == "calibration"
+    elif name == "eod_stress":  # a stress job: its [stress] table, no [[models]]
+        assert job.kind == "stress" and job.book is not None and job.stress.report
     else:
         assert job.book is not None and job.models
     if name == "intraday_margin":
@@ -153,10 +155,13 @@ def test_cli_bad_job_is_one_line_and_non_zero(tmp_path, capsys):
     assert err.count("\n") == 0 and "job.workers: expected an integer" in err and "Traceback" not in err
 
 
-def test_cli_calibration_placeholder_is_a_clear_error(capsys):
-    assert main(["run", str(REPO / "jobs" / "calibration.toml")]) != 0
+def test_cli_bad_calibration_grid_is_a_clear_error(tmp_path, capsys):
+    # the calibration job is built (gpurisk.calibration): a grid naming no house parameter fails before any work
+    p = tmp_path / "cal.toml"
+    p.write_text('[job]\nname = "cal"\nkind = "calibration"\n[calibration.grid]\nno_such_knob = [1, 2]\n')
+    assert main(["run", str(p)]) != 0
     err = capsys.readouterr().err.strip()
-    assert "calibration jobs are not built yet" in err and err.count("\n") == 0
+    assert "no_such_knob" in err and err.count("\n") == 0 and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- names that become paths

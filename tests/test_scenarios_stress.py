@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from gpurisk.errors import ScenarioError
-from gpurisk.marketdata import COINS, datasets_dir
+from gpurisk.market import COINS, shipped_dir
 from gpurisk.pricing import VOL_ABSOLUTE, VOL_RELATIVE
 from gpurisk.scenarios import named_stress, stress_from_definition, stress_from_toml
 from gpurisk.scenarios.stress import EPISODES
 
-D = datasets_dir()
+D = shipped_dir()
 CLOSES = pd.concat({c: pd.read_csv(D / "market" / "daily" / f"{c}USDT_1d.csv", index_col="timestamp",
                                    parse_dates=True)["close"] for c in COINS}, axis=1)
 DVOL = pd.read_csv(D / "options" / "deribit_btc_dvol_daily.csv", index_col="date", parse_dates=True)["dvol"]

@@ -123,7 +123,8 @@ def test_single_bad_cell_is_one_reject(table, row, column, value, reason):
 def test_every_reason_code_is_exercised():
     tested = {c[-1] for c in SINGLE_CELL_CASES}
     others = {"duplicate_instrument", "duplicate_market_row", "duplicate_underlying", "missing_market_row",
-              "rejected_instrument"}
+              "rejected_instrument",
+              "duplicate_account"}  # the optional accounts table: tests/test_stress_accounts.py
     assert set(REASONS) == tested | others
 
 
@@ -456,6 +457,7 @@ edit = st.tuples(
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(edit, max_size=8), dup_positions=st.lists(st.integers(0, 5), max_size=4),
        dup_balances=st.lists(st.integers(0, 2), max_size=3))
+@pytest.mark.slow
 def test_no_mix_of_bad_rows_crashes_and_rows_balance(edits, dup_positions, dup_balances):
     t = tiny_tables()
     for (table, col), row, choice in edits:
@@ -499,3 +501,12 @@ def test_object_columns_with_python_values(tiny):
     assert got == [["positions", 3, "quantity", "missing_value"], ["positions", 4, "quantity", "wrong_type"],
                    ["positions", 5, "quantity", "missing_value"], ["positions", 6, "account_id", "missing_value"]]
     _check_accounting(tiny, rejects, summary)
+
+
+def test_lookup_against_an_empty_universe_finds_nothing():
+    # an empty index table reached from Python (the file readers refuse empty tables) used to raise IndexError
+    import pandas as pd
+
+    from gpurisk.validate import _lookup
+
+    assert _lookup(pd.Series(["BTC", "ETH"]), pd.Series([], dtype=object)).tolist() == [-1, -1]

@@ -122,6 +122,7 @@ def test_venues_file_roundtrip_and_errors(tmp_path):
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), chunk=st.integers(1, 7))
+@pytest.mark.slow
 def test_chunking_and_account_order_change_nothing(seed, chunk):
     """Chunked tail stats and a permuted, relabelled account list give the same rows."""
     t = generate_book(12, seed)

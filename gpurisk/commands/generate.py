@@ -26,6 +26,9 @@ def add_parser(subparsers):
     p.add_argument("--format", dest="fmt", choices=("parquet", "csv"), default="parquet", help="table format")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder, replacing only the files this command writes")
+    from .market import add_market_options
+
+    add_market_options(p, policy=False)
     p.set_defaults(func=run)
     return p
 
@@ -62,9 +65,12 @@ def run(args) -> int:
     from ..io import TABLES, parse_as_of, write_book
 
     out = check_target(args.out, args.fmt, args.force)
+    from .market import store_from_args
+
     as_of = parse_as_of(args.as_of, where="--as-of") if args.as_of is not None else None
+    market = store_from_args(args)
     t0 = time.perf_counter()
-    g = generate_book(args.accounts, args.seed, as_of)
+    g = generate_book(args.accounts, args.seed, as_of, market)
     write_book(out, {k: g[k] for k in TABLES}, g["meta"], fmt=args.fmt)
     dt = time.perf_counter() - t0
     print(f"wrote {out}: {args.accounts:,} accounts, {len(g['instruments']):,} instruments, "

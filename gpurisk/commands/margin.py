@@ -3,14 +3,17 @@
 Writes, atomically, ``DIR/<table>.parquet`` for every table the model returns
 (``margin`` always; ``calls``, ``venue_margin`` ... when the model has them),
 ``DIR/rejects.parquet`` when the book had bad rows, and ``DIR/summary.json``
-last (model figures, the book's rejects count, backend and GPU-fallback counts).
+last (model figures, the book's rejects count, backend and GPU-fallback counts). The house and
+measures models read market history from ``--market-data DIR`` (else ``GPURISK_MARKET_DATA``, else the
+shipped history) under the staleness policy (``--max-history-age-days``, ``--allow-stale-history``);
+the history end they used is in ``summary.json`` and every Parquet file's metadata.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import BookError
+from ..errors import BookError, ConfigError
 
 
 def add_parser(subparsers):
@@ -30,6 +33,12 @@ def add_parser(subparsers):
     p.add_argument("--params", default=None, help="model parameter file (TOML); default: the code defaults")
     p.add_argument("--backend", default="auto", choices=list(CHOICES), help="compute backend (default auto)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad book row instead of rejecting it")
+    p.add_argument("--attribution", action="store_true",
+                   help="also write attribution.parquet: each position's Euler contribution to every ES column "
+                        "(house and measures models)")
+    from .market import add_market_options
+
+    add_market_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -51,15 +60,23 @@ def run(args) -> int:
     from ..fileio import write_json, write_parquet
     from ..margin import check_scenarios, compute, get_model
     from ..margin.output import write_result
+    from .market import store_from_args
 
     mod = get_model(args.model)  # unknown / unavailable model fails before any reading
     check_scenarios(args.model, args.scenarios)
+    if getattr(args, "attribution", False):
+        from ..actions.attribution import ATTRIBUTED_MODELS
+
+        if args.model not in ATTRIBUTED_MODELS:
+            raise ConfigError(f"--attribution applies to the {' and '.join(ATTRIBUTED_MODELS)} models (expected "
+                              f"shortfall), not {args.model!r}")
     if args.component != "user" and args.model != "house":
         raise ConfigError(f"--component applies to the house model only (model {args.model!r} takes one set)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # before any work, not as a traceback at the first write
         raise BookError(f"{out}: --out must be a folder, and a file of that name exists")
     params = mod.load_params(args.params)
+    market = store_from_args(args)  # resolved once, before the book is read
     loaded = io.load_book(args.book, strict=args.strict)
     scenarios = None
     if args.scenarios:
@@ -68,7 +85,14 @@ def run(args) -> int:
         scenarios = read_scenarios(args.scenarios)
         if args.component != "user":
             scenarios = {args.component: scenarios}
-    result = compute(loaded.book, model=args.model, params=params, scenarios=scenarios, backend=args.backend)
+    if getattr(args, "attribution", False):
+        from ..actions.attribution import compute as compute_attributed
+
+        result = compute_attributed(loaded.book, model=args.model, params=params, scenarios=scenarios,
+                                    backend=args.backend, market=market)
+    else:
+        result = compute(loaded.book, model=args.model, params=params, scenarios=scenarios, backend=args.backend,
+                         market=market)
     as_of = str(np.datetime_as_string(loaded.book.as_of, unit="s")) + "Z"
     written = list(write_result(result, out, {"command": "margin", "as_of": as_of, "params_file": args.params,
                                               "scenarios_file": args.scenarios}))

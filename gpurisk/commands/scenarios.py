@@ -29,6 +29,10 @@ def add_parser(subparsers):
     for g in GENERATORS.values():
         k = kinds.add_parser(g.name, help=g.summary, description=g.summary)
         k.add_argument("--out", required=True, help="output file, .parquet or .csv (CSV gets FILE.meta.json)")
+        if g.reads_history:
+            from .market import add_market_options
+
+            add_market_options(k, policy=False)
         for o in g.options:
             if o.type == "bool":
                 k.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None,
@@ -49,7 +53,12 @@ def build(args):
 
     gen = registry.get(args.kind)
     opts = {o.name: getattr(args, o.name) for o in gen.options if getattr(args, o.name, None) is not None}
-    return registry.generate(args.kind, opts)
+    market = None
+    if gen.reads_history:
+        from .market import store_from_args
+
+        market = store_from_args(args)
+    return registry.generate(args.kind, opts, market=market)
 
 
 def run(args) -> int:

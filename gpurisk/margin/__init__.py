@@ -20,18 +20,22 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered margin model: its module, whether it takes a caller's scenario set, one line about it."""
+    """A registered margin model: its module, whether it takes a caller's scenario set, one line about it,
+    and whether it reads market history (its ``plan`` then takes ``market=``, a ``gpurisk.market`` store)."""
 
     module: str
     takes_scenarios: bool
     summary: str
+    reads_history: bool = False
 
 
 #: the one registry of margin models (the CLI, job files and the batch read it)
 MODELS: dict[str, ModelSpec] = {
-    "measures": ModelSpec("gpurisk.margin.measures", True, "worst loss, VaR and ES per account over a scenario set"),
+    "measures": ModelSpec("gpurisk.margin.measures", True, "worst loss, VaR and ES per account over a scenario set",
+                          reads_history=True),
     "house": ModelSpec("gpurisk.margin.house", True,
-                       "house risk-based margin: ES over FHS, Monte Carlo and stress, add-ons, APC buffer"),
+                       "house risk-based margin: ES over FHS, Monte Carlo and stress, add-ons, APC buffer",
+                       reads_history=True),
     "deribit": ModelSpec("gpurisk.margin.deribit", False, "Deribit portfolio margin (S:PM) replica"),
     "okx": ModelSpec("gpurisk.margin.okx", False, "OKX portfolio margin replica"),
     "venue": ModelSpec("gpurisk.margin.venue", False, "each venue's own methodology, one row per account × venue"),
@@ -75,7 +79,14 @@ def _as_book(book):
     raise ConfigError(f"gpurisk.margin needs a Book, a LoadedBook or a book folder path, got {type(book).__name__}")
 
 
-def compute(book, model: str = "house", params=None, scenarios=None, backend="auto"):
+def plan_model(mod, name: str, book, params, scenarios=None, market=None):
+    """``mod.plan(book, params, scenarios)``, with ``market=market`` for the models that read history."""
+    if MODELS[name].reads_history:
+        return mod.plan(book, params, scenarios, market=market)
+    return mod.plan(book, params, scenarios)
+
+
+def compute(book, model: str = "house", params=None, scenarios=None, backend="auto", market=None):
     """MarginResult of ``model`` on ``book``, checked against the output contract.
 
     book: a ``Book`` (validated: built by ``gpurisk.io.load_book`` or ``Book.from_frames``), a
@@ -83,6 +94,9 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
     params: the model's Params, a TOML path, or None for defaults.
     scenarios: a ScenarioSet for the models that take one (``MODELS[name].takes_scenarios``), or None.
     backend: a name (``reference``, ``cpu``, ``gpu``, ``auto``) or an ``Engine``.
+    market: the market history for the models that read it (``MODELS[name].reads_history``): a
+    ``gpurisk.market.MarketStore`` (with its staleness policy), a history folder, or None for the default
+    store (``GPURISK_MARKET_DATA``, else the shipped history).
     The summary gains ``backend``, ``gpu_fallbacks`` and timings.
     """
     from ..backends import BackendUnavailable, Engine
@@ -98,7 +112,7 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
             backend = Engine(backend)
         except (BackendUnavailable, ValueError) as exc:
             raise ConfigError(str(exc)) from None
-    p = mod.plan(book, params, scenarios)
+    p = plan_model(mod, model, book, params, scenarios, market)
     stats, metrics = execute(p, backend)
     result = finish(mod, p, stats)
     result.summary.update(metrics)
@@ -106,10 +120,10 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self, book, model: str = "house", params=None, scenarios=None, backend="auto"):
-        return compute(book, model=model, params=params, scenarios=scenarios, backend=backend)
+    def __call__(self, book, model: str = "house", params=None, scenarios=None, backend="auto", market=None):
+        return compute(book, model=model, params=params, scenarios=scenarios, backend=backend, market=market)
 
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["MODELS", "ModelSpec", "get_model", "check_scenarios", "compute"]
+__all__ = ["MODELS", "ModelSpec", "get_model", "check_scenarios", "plan_model", "compute"]

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..backends import reference as ref
-from ..book import FUTURE, INVERSE, OPTION, PERPETUAL, STABLECOINS, Book
+from ..book import FUTURE, INVERSE, OPTION, PERPETUAL, STABLECOINS, Book, Portfolios
 from ..errors import GpuriskError
 from ..pricing import VOL_MODE_CODES, PricingInputs, VolTerm, _ndtr, pricing_inputs
 from ..scenarios import ScenarioSet
@@ -334,10 +334,33 @@ def counted_extended(L: np.ndarray, pp: PairParams, cp: CurrencyParams, conv: fl
     return np.where(Ld > 0.0, Ld * cp.pnl_offset, Ld)
 
 
-def _group_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], mm_factor: float):
-    """Per-portfolio figures of one (underlying, currency) group, vectorised over accounts."""
+def group_figures(g: dict, ports: Portfolios, std: TailStats, ext_pnl: np.ndarray, mm_factor: float) -> dict:
+    """The figures of one (venue, underlying, currency) group's portfolios [P], in the settlement currency.
+
+    ``std``: the standard table's TailStats [P]; ``ext_pnl`` [P, E]: each extended scenario's raw
+    P&L. Returns ``worst_case``, ``binding`` (0: the standard table binds, j + 1: extended
+    scenario j), ``roll_shock``, ``delta_usd`` (USD), ``delta_shock``, ``im`` and ``mm``.
+    Vectorised over portfolios (``finalize`` runs it on every account, the what-if on one).
+    """
     pp: PairParams = g["pair"]
     cp: CurrencyParams = g["ccy"]
+    n = len(ports)
+    losses = np.concatenate([std.worst[:, None], -counted_extended(ext_pnl, pp, cp, g["conv"])], axis=1)  # [P, 1+E]
+    k = np.argmax(losses, axis=1)
+    worst = np.maximum(losses[np.arange(n), k], 0.0)
+    # roll and delta shocks
+    r = row_of_entries(ports)
+    q, ii = ports.quantity, ports.instrument_idx
+    roll = np.bincount(r, weights=np.abs(q * g["settle_size"][ii]) * g["roll_rate"][ii], minlength=n)
+    delta_usd = np.bincount(r, weights=q * g["usd_delta"][ii], minlength=n)
+    delta_shock = pp.max_delta_shock * np.maximum(np.abs(delta_usd) - pp.delta_total_liq_shock_threshold, 0.0) / g["conv"]
+    im = worst + roll + delta_shock
+    return {"worst_case": worst, "binding": k, "roll_shock": roll, "delta_usd": delta_usd,
+            "delta_shock": delta_shock, "im": im, "mm": mm_factor * im}
+
+
+def _group_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], mm_factor: float):
+    """Per-portfolio figures of one (underlying, currency) group, vectorised over accounts."""
     std_leg = legs[g["std"]]
     ports = std_leg.portfolios
     st = stats[g["std"]]
@@ -347,33 +370,25 @@ def _group_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], mm_
         L = -np.stack([stats[name].worst for name in g["ext"]], axis=1)  # [P, E]
     else:
         L = np.zeros((n, 0))
-    losses = np.concatenate([st.worst[:, None], -counted_extended(L, pp, cp, g["conv"])], axis=1)  # [P, 1+E]
-    k = np.argmax(losses, axis=1)
-    worst = np.maximum(losses[np.arange(n), k], 0.0)
+    f = group_figures(g, ports, st, L, mm_factor)
+    k = f["binding"]
     std_labels = std_leg.scenarios.label
     ext_labels = np.array([legs[name].scenarios.label[0] for name in g["ext"]], dtype=object)
     all_labels = np.concatenate([np.array([""], dtype=object), ext_labels])
     worst_label = np.where(k == 0, std_labels[st.worst_scenario], all_labels[k])
-    # roll and delta shocks
-    r = row_of_entries(ports)
-    q, ii = ports.quantity, ports.instrument_idx
-    roll = np.bincount(r, weights=np.abs(q * g["settle_size"][ii]) * g["roll_rate"][ii], minlength=n)
-    delta_usd = np.bincount(r, weights=q * g["usd_delta"][ii], minlength=n)
-    delta_shock = pp.max_delta_shock * np.maximum(np.abs(delta_usd) - pp.delta_total_liq_shock_threshold, 0.0) / g["conv"]
-    im = worst + roll + delta_shock
     return pd.DataFrame({
         "account_id": ports.key["account_id"],
         "account_idx": ports.account_idx,
         "venue": g["venue"],
         "currency": g["currency"],
         "underlying": g["underlying"],
-        "worst_case": worst,
+        "worst_case": f["worst_case"],
         "worst_scenario": worst_label,
-        "roll_shock": roll,
-        "delta_shock": delta_shock,
-        "delta_usd": delta_usd,
-        "im": im,
-        "mm": mm_factor * im,
+        "roll_shock": f["roll_shock"],
+        "delta_shock": f["delta_shock"],
+        "delta_usd": f["delta_usd"],
+        "im": f["im"],
+        "mm": f["mm"],
         "conv": g["conv"],
     })
 
@@ -493,4 +508,4 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
 
 
 __all__ = ["NAME", "Context", "Params", "PairParams", "CurrencyParams", "load_params", "plan", "finalize", "coverage",
-           "standard_scenarios", "extended_scenario"]
+           "standard_scenarios", "extended_scenario", "group_figures"]

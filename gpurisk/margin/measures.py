@@ -30,7 +30,7 @@ from . import calls as _calls
 from . import collateral as _coll
 from . import params as _params
 from .common import book_pricing, compact, map_scenarios
-from .components import ComponentParams, default_components
+from .components import ComponentParams, book_history, default_components
 from .plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
 
 NAME = "measures"
@@ -67,8 +67,11 @@ class Params:
 
 @dataclass(frozen=True)
 class Context:
+    """params, book; history: the market history read (``HistoryState.summary()``), None with a caller's set."""
+
     params: Params
     book: Book
+    history: dict | None = None
 
 
 def load_params(path: str | None = None) -> Params:
@@ -76,15 +79,19 @@ def load_params(path: str | None = None) -> Params:
     return _params.load(Params, path)
 
 
-def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None = None) -> Plan:
+def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None = None, market=None) -> Plan:
     """One leg: every account's positions (and collateral if asked) under ``scenarios``, in USD.
 
     Without ``scenarios`` the house model's default filtered-historical component is used (pooling it
-    with Monte Carlo and stress at equal weights would let the sample sizes set each part's share of the tail).
+    with Monte Carlo and stress at equal weights would let the sample sizes set each part's share of the tail),
+    read from ``market`` (a MarketStore, a folder, or None for the default store) under its staleness policy.
     """
     params = params or Params()
+    history = None
     if scenarios is None:
-        scenarios = default_components(book, ComponentParams(mc_scenarios=0))["historical"]
+        hist = book_history(book, market, ("BTC",))  # BTC: the FHS proxy coin
+        scenarios = default_components(book, ComponentParams(mc_scenarios=0), hist.store, hist)["historical"]
+        history = hist.summary()
     if params.include_collateral:
         coll = _coll.collateral_instruments(book)
         idx, sset = map_scenarios(book, scenarios, coll.assets)
@@ -98,7 +105,7 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
     pi, ports = pi.take(keep), ports["account"]
     spec = spec_for(sset, params.levels, params.profit_factor)
     leg = Leg("account", pi, sset, "usd", ports, spec)
-    return Plan(NAME, {"account": leg}, Context(params, book))
+    return Plan(NAME, {"account": leg}, Context(params, book, history))
 
 
 def coverage(plan: Plan) -> pd.DataFrame:
@@ -131,6 +138,8 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
         f"total_es_{q0}": float(df[f"es_{q0}"].sum()),
         "total_im": float(df["im_usd"].sum()),
     }
+    if ctx.history is not None:
+        summary["market_history"] = ctx.history
     return MarginResult(NAME, {"margin": df}, summary, {"margin": {c: "USD" for c in measures.columns}})
 
 

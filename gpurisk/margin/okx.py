@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..book import FUTURE, KIND_CODES, OPTION, PERPETUAL, SPOT, Book
+from ..book import FUTURE, KIND_CODES, OPTION, PERPETUAL, SPOT, Book, Portfolios
 from ..errors import GpuriskError
 from ..pricing import VOL_MODE_CODES, PricingInputs, VolTerm, pricing_inputs
 from ..scenarios import ScenarioSet
@@ -288,13 +288,17 @@ def plan(book: Book, params: Params | None = None, scenarios: ScenarioSet | None
     return Plan(model=MODEL, legs=legs, context=Context(book, params, groups))
 
 
-def _unit_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], params: Params) -> pd.DataFrame:
-    """MR terms of every risk unit in one (venue, underlying) group; vectorised over accounts."""
-    ports = legs[g["legs"]["mr1"]].portfolios
+def unit_figures(g: dict, ports: Portfolios, mr1_worst: np.ndarray, mr6_worst: np.ndarray, mr2_worst, params: Params) -> dict:
+    """The MR terms of one (venue, underlying) group's risk units [P], USD.
+
+    ``mr1_worst``, ``mr6_worst``, ``mr2_worst`` [P]: the worst counted loss of each unit over its MR1,
+    MR6 and MR2 legs (``mr2_worst`` None when MR2 is off). Returns ``mr1`` ... ``mr9``, ``mr7_raw``,
+    ``mmr`` and ``imr``. Vectorised over risk units (``finalize`` runs it on every account, the what-if on one).
+    """
     n = len(ports)
-    mr1 = np.maximum(stats[g["legs"]["mr1"]].worst, 0.0)
-    mr6 = np.maximum(stats[g["legs"]["mr6"]].worst, 0.0)
-    mr2 = np.maximum(stats[g["legs"]["mr2"]].worst, 0.0) if "mr2" in g["legs"] else np.zeros(n)
+    mr1 = np.maximum(mr1_worst, 0.0)
+    mr6 = np.maximum(mr6_worst, 0.0)
+    mr2 = np.maximum(mr2_worst, 0.0) if mr2_worst is not None else np.zeros(n)
     r = row_of_entries(ports)
     ii = ports.instrument_idx
     gross = np.abs(ports.quantity) * g["notional"][ii]  # [nnz] USD at the mark (delta-one: |cash delta|)
@@ -315,10 +319,18 @@ def _unit_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], para
                        + np.where(is_opt, gross * params.mr7_rate_option, 0.0))
     mr7 = tiered(mr7_raw, params.mr7_tier_bounds, params.mr7_multipliers)
     mmr = np.maximum(np.maximum(np.maximum(mr1, mr2), mr6) + mr4 + mr3 + mr5 + mr9, mr7)
+    return {"mr1": mr1, "mr2": mr2, "mr3": mr3, "mr4": mr4, "mr5": mr5, "mr6": mr6, "mr7_raw": mr7_raw, "mr7": mr7,
+            "mr9": mr9, "mmr": mmr, "imr": params.imr_factor * mmr}
+
+
+def _unit_table(g: dict, legs: dict[str, Leg], stats: dict[str, TailStats], params: Params) -> pd.DataFrame:
+    """MR terms of every risk unit in one (venue, underlying) group; vectorised over accounts."""
+    ports = legs[g["legs"]["mr1"]].portfolios
+    mr2 = stats[g["legs"]["mr2"]].worst if "mr2" in g["legs"] else None
+    f = unit_figures(g, ports, stats[g["legs"]["mr1"]].worst, stats[g["legs"]["mr6"]].worst, mr2, params)
     return pd.DataFrame({
         "account_id": ports.key["account_id"], "account_idx": ports.account_idx, "venue": g["venue"],
-        "risk_unit": g["underlying"], "mr1": mr1, "mr2": mr2, "mr3": mr3, "mr4": mr4, "mr5": mr5, "mr6": mr6,
-        "mr7_raw": mr7_raw, "mr7": mr7, "mr9": mr9, "mmr": mmr, "imr": params.imr_factor * mmr,
+        "risk_unit": g["underlying"], **f,
     })
 
 
@@ -375,5 +387,5 @@ def finalize(plan: Plan, stats: dict[str, TailStats]) -> MarginResult:
     return MarginResult(MODEL, {"margin": margin, "risk_units": risk_units.reset_index(drop=True)}, summary, units)
 
 
-__all__ = ["NAME", "Context", "MR_COLUMNS", "Params", "load_params", "plan", "finalize", "coverage", "tiered", "mr1_scenarios", "mr6_scenarios",
+__all__ = ["NAME", "Context", "MR_COLUMNS", "Params", "load_params", "plan", "finalize", "coverage", "tiered", "unit_figures", "mr1_scenarios", "mr6_scenarios",
            "mr2_scenarios"]

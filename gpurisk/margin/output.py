@@ -1,8 +1,9 @@
 """Writing a model's result: one Parquet file per table, each stating its units and provenance.
 
 Every file carries the key-value metadata ``gpurisk`` (JSON): the model, the table, the unit of
-each numeric column (``MarginResult.table_units``) and the caller's provenance (run id, the book's
-as-of, parameters, history end date, ...). Repeated label columns are dictionary-encoded
+each numeric column (``MarginResult.table_units``), the market history the model read (its summary's
+``market_history``: end date, age, stale or not, folder) and the caller's provenance (run id, the book's
+as-of, parameters, ...). Repeated label columns are dictionary-encoded
 (categorical). ``gpurisk margin`` and ``gpurisk run`` both write through ``write_result``.
 """
 
@@ -31,9 +32,13 @@ def result_table(result: MarginResult, name: str, provenance: dict | None = None
            if c in df.columns and (df[c].dtype == object or pd.api.types.is_string_dtype(df[c].dtype))}
     if cat:
         df = df.assign(**cat)
+    zero = {c: df[c] + 0.0 for c in df.columns if pd.api.types.is_float_dtype(df[c].dtype)}
+    if zero:  # -0.0 + 0.0 is +0.0: no "-0.000000" in what a user reads
+        df = df.assign(**zero)
     table = pa.Table.from_pandas(df, preserve_index=False)
     units = {c: u for c, u in result.table_units(name).items() if c in df.columns}
-    meta = {"model": result.model, "table": name, "units": units, **(provenance or {})}
+    history = {"market_history": result.summary["market_history"]} if "market_history" in result.summary else {}
+    meta = {"model": result.model, "table": name, "units": units, **history, **(provenance or {})}
     return table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json_text(meta).encode()})
 
 

@@ -191,8 +191,9 @@ def standard_frame(account_id, venue, model: str, currency, im, mm, equity, usd_
     })
 
 
-def execute(plan: Plan, engine="auto") -> tuple[dict[str, TailStats], dict]:
-    """Run every leg of ``plan`` in-process; ({leg: TailStats}, metrics). ``engine``: an ``Engine`` or a backend name."""
+def execute(plan: Plan, engine="auto", attribution=()) -> tuple[dict[str, TailStats], dict]:
+    """Run every leg of ``plan`` in-process; ({leg: TailStats}, metrics). ``engine``: an ``Engine`` or a backend name.
+    ``attribution``: the legs whose TailStats also carry the tail sets and Euler marginals (``gpurisk.tail``)."""
     from ..backends import Engine
 
     engine = engine if isinstance(engine, Engine) else Engine(engine)
@@ -206,7 +207,10 @@ def execute(plan: Plan, engine="auto") -> tuple[dict[str, TailStats], dict]:
             cache[key] = engine.revalue(leg.pricing, leg.scenarios, leg.numeraire)
             timings["revalue_s"] += time.perf_counter() - t
         t = time.perf_counter()
-        stats[name] = engine.tail_stats(leg.portfolios, cache[key], leg.spec)
+        if name in attribution:
+            stats[name] = engine.tail_stats(leg.portfolios, cache[key], leg.spec, attribution=True)
+        else:
+            stats[name] = engine.tail_stats(leg.portfolios, cache[key], leg.spec)
         timings["tail_stats_s"] += time.perf_counter() - t
     metrics = {"backend": engine.name, "backends_used": sorted(set(engine.used)), "gpu_fallbacks": engine.fallbacks,
                **timings}

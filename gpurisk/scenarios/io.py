@@ -21,7 +21,7 @@ import pandas as pd
 from ..book import STABLECOINS
 from ..errors import ScenarioError
 from ..fileio import write_csv, write_json, write_table
-from ..marketdata import COINS
+from ..market import COINS
 from ..pricing import VOL_MODE_CODES, VOL_MODE_NAMES, VolTerm
 from .scenario_set import ScenarioSet
 
@@ -174,7 +174,7 @@ def read_scenarios(path, known_underlyings=None) -> ScenarioSet:
     """Read a scenario file (``.parquet`` or ``.csv``) into a ScenarioSet.
 
     ``known_underlyings``: the names a file may shock (default KNOWN_UNDERLYINGS,
-    the coins of ``gpurisk.marketdata.COINS`` plus the stablecoins). Scenarios keep
+    the coins of ``gpurisk.market.COINS`` plus the stablecoins). Scenarios keep
     the order of their first row; underlyings are sorted.
     """
     path = Path(path)
