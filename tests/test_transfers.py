@@ -372,3 +372,13 @@ def test_costs_file_is_read_strictly(tmp_path):
     f.write_text('bogus = 1\n')
     with pytest.raises(ConfigError, match="bogus"):
         T.load_costs(f)
+
+
+def test_idempotency_keys_of_no_transfer_is_an_empty_array():
+    """A plan with no transfer (nothing short, or nothing movable) still gets its keys column (seed 425 of the
+    LP property test once crashed here: an empty amount column formatted to float, not str)."""
+    empty = pd.DataFrame({"account_id": pd.Series([], dtype=str), "from_venue": pd.Series([], dtype=str),
+                          "to_venue": pd.Series([], dtype=str), "asset": pd.Series([], dtype=str),
+                          "amount": pd.Series([], dtype=float)})
+    keys = T.idempotency_keys("run-1", empty)
+    assert keys.shape == (0,)

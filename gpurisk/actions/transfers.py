@@ -713,7 +713,7 @@ def idempotency_keys(run_id: str, tr: pd.DataFrame) -> np.ndarray:
     the same plan of the same run gives the same keys, a changed amount a new one."""
     text = (str(run_id) + "|" + tr["account_id"].astype(str) + "|" + tr["from_venue"].astype(str) + "|"
             + tr["to_venue"].astype(str) + "|" + tr["asset"].astype(str) + "|"
-            + tr["amount"].map("{:.12g}".format))
+            + tr["amount"].map("{:.12g}".format).astype(str))  # str even when empty (no transfer)
     return np.array([hashlib.sha256(t.encode()).hexdigest()[:32] for t in text], dtype=object)
 
 
