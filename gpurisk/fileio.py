@@ -331,6 +331,35 @@ def read_toml(path, what: str, error: type[Exception] = ConfigError) -> dict:
         raise error(f"{path}: not valid TOML: {detail}") from None
 
 
+def toml_value(v) -> str:
+    """A value as TOML text: booleans, integers, floats (``inf``, ``nan`` included), arrays; anything
+    else as a basic string (a JSON string is one)."""
+    import math
+    import numbers
+
+    if isinstance(v, bool) or getattr(getattr(v, "dtype", None), "kind", "") == "b":  # NumPy booleans too
+        return "true" if v else "false"
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return ("inf" if f > 0 else "-inf") if math.isinf(f) else repr(f)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def toml_scalar(text: str):
+    """``text`` read as one TOML value (``3``, ``0.99``, ``true``, ``"own"``, ``[1, 2]``); a bare word that is
+    not TOML is returned as the string itself (``own``)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"x = {text}")["x"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 # ----------------------------------------------------------------------------- names
 
 

@@ -14,7 +14,6 @@ mode honouring the umask), re-exported here: ``write_parquet``, ``write_csv``,
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .book import Book, to_utc_seconds
 from .errors import BookError
-from .fileio import read_toml, write_csv, write_json, write_parquet, write_text  # noqa: F401 - writers re-exported
+from .fileio import read_toml, toml_value, write_csv, write_json, write_parquet, write_text  # noqa: F401 - writers re-exported
 from .schema import OPTIONAL_TABLES, REQUIRED_COLUMNS, TABLES  # noqa: F401 - the table schema, re-exported
 from .validate import DEFAULT_MARK_BAND, DEFAULT_MAX_NOTIONAL_USD, validate
 
@@ -240,18 +239,6 @@ def load_book(
 # ----------------------------------------------------------------------------- writers
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v))
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a basic TOML string is a JSON string
-
-
 def toml_dumps(meta: dict) -> str:
     """A flat ``{key: scalar | list | {key: scalar}}`` dict as TOML text (sub-dicts become tables)."""
     lines, tables = [], []
@@ -259,10 +246,10 @@ def toml_dumps(meta: dict) -> str:
         if isinstance(v, dict):
             tables.append((k, v))
         else:
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{k} = {toml_value(v)}")
     for name, sub in tables:
         lines.append(f"\n[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in sub.items())
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in sub.items())
     return "\n".join(lines) + "\n"
 
 

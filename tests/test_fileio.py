@@ -401,3 +401,27 @@ def test_sample_cache_folders_stay_in_the_cache_and_never_collide(tmp_path):
     got = [folder(a) for a in ("2024-12-31T08:00:00Z", "2024-12-31T08_00_00Z", "../../x", "/etc", None)]
     assert len(set(got)) == len(got) and all(p.parent == tmp_path / ".cache" for p in got)
     assert got[0] == folder("2024-12-31T08:00:00Z") and got[0].name.startswith("sample-a5-s1-2024-12-31T08_00_00Z-")
+
+
+# ----------------------------------------------------------------------------- TOML values
+
+
+@pytest.mark.parametrize("value", [True, False, 0, -7, 2**40, 0.99, 1e-300, float("inf"), float("-inf"), "own",
+                                   'a "quoted" \\ word', [1, 2.5, "x"], []])
+def test_toml_value_reads_back_as_the_same_value(value):
+    assert fileio.toml_scalar(fileio.toml_value(value)) == value
+
+
+def test_toml_value_of_numpy_scalars_and_nan():
+    import math
+
+    import numpy as np
+
+    assert fileio.toml_value(np.int16(3)) == "3" and fileio.toml_value(np.bool_(True)) == "true"
+    assert fileio.toml_scalar(fileio.toml_value(np.float32(0.5))) == 0.5
+    assert math.isnan(fileio.toml_scalar(fileio.toml_value(float("nan"))))
+
+
+def test_toml_scalar_reads_a_bare_word_as_itself():
+    assert fileio.toml_scalar("coin") == "coin" and fileio.toml_scalar("0.975") == 0.975
+    assert fileio.toml_scalar('"3"') == "3" and fileio.toml_scalar("[1, 2]") == [1, 2]

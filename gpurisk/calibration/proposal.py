@@ -8,22 +8,7 @@ import json
 import math
 import re
 
-
-def toml_value(v) -> str:
-    """A parameter value as TOML (booleans, numbers with inf, strings, arrays)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML form for {type(v).__name__}")
+from ..fileio import toml_value
 
 
 def evidence(row, base_row, label: str) -> str:

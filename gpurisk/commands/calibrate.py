@@ -47,9 +47,8 @@ def add_parser(subparsers):
 
 def parse_grid(items) -> dict:
     """{field: [values]} from ``FIELD=V1,V2`` items; values read as TOML scalars (numbers, true/false, "text")."""
-    import tomllib
-
     from ..errors import ConfigError
+    from ..fileio import toml_scalar
 
     grid = {}
     for it in items:
@@ -57,14 +56,8 @@ def parse_grid(items) -> dict:
             raise ConfigError(f"--grid {it}: expected FIELD=V1,V2,...")
         k, vals = it.split("=", 1)
         k = k.strip()
-        out = []
-        for v in vals.split(","):
-            v = v.strip()
-            try:
-                out.append(tomllib.loads(f"x = {v}")["x"])
-            except tomllib.TOMLDecodeError:
-                out.append(v)  # a bare word: a string (e.g. own, coin)
-        if not k or not out:
+        out = [toml_scalar(v.strip()) for v in vals.split(",")]  # a bare word is a string (own, coin)
+        if not k or any(v == "" for v in out):
             raise ConfigError(f"--grid {it}: expected FIELD=V1,V2,...")
         grid[k] = out
     return grid
