@@ -123,5 +123,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``gpurisk`` console script: ``main``, then exit with its code. After a stop signal the process
+    ends at once, without the interpreter's teardown: the run is recorded by then, and a runtime stopped
+    mid-work (XLA's compiler threads, a cluster's I/O loop) can crash a normal teardown (SIGSEGV, seen
+    about one SIGTERM in three), which would turn exit 143 into -11."""
+    import logging
+    import os
+    import signal
+
+    code = main()
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
