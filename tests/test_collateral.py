@@ -36,6 +36,10 @@ def test_tier_value_by_hand():
         1e6 * 0.99 + 9e6 * 0.98 + 40e6 * 0.96 + 50e6 * 0.92 + 50e6 * 0.0,  # ETH beyond 100M: not accepted
     ]
     np.testing.assert_allclose(got, want, rtol=1e-14)
+    # the same holdings among many (the batch path: pandas' factorize) and few (the what-if path: a dict)
+    many = coll.tier_value(np.tile(assets, 5), np.tile(value, 5), p)
+    np.testing.assert_allclose(many, np.tile(want, 5), rtol=1e-14)
+    assert len(np.tile(assets, 5)) > 32 >= len(assets)
 
 
 def test_tier_value_is_continuous_and_monotone():

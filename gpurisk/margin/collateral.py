@@ -84,7 +84,12 @@ def tier_value(asset: np.ndarray, value_usd: np.ndarray, params: CollateralParam
     value = np.asarray(value_usd, dtype=np.float64)
     if len(asset) == 0:
         return np.zeros(0)
-    codes, uniq = pd.factorize(pd.Series(asset, dtype=object))
+    if len(asset) <= 32:  # one account's holdings (the what-if): a dict, first-seen order as pd.factorize's
+        first: dict[str, int] = {}
+        codes = np.fromiter((first.setdefault(str(a), len(first)) for a in asset), np.int64, len(asset))
+        uniq = list(first)
+    else:
+        codes, uniq = pd.factorize(pd.Series(asset, dtype=object))
     schedules = [params.tiers.get(str(a), ((INF, params.default_rate),)) for a in uniq]
     T = max(len(s) for s in schedules)
     upper = np.full((len(uniq), T), INF)

@@ -10,7 +10,7 @@ re-evaluated exactly as the full run does it:
 2. each component's tail statistics under the leg's own ``MeasureSpec`` (``whatif.tail``);
 3. the IM terms by ``gpurisk.margin.house.requirement`` itself (base, APC buffer, liquidity
    add-on, floor, IM, MM), on a one-portfolio plan whose context rows are the account's;
-4. equity by ``collateral.equity`` (unchanged unless a spot holding changed), status by
+4. equity as ``collateral.equity`` values it (unchanged unless a spot holding changed), status by
    ``calls.classify``.
 
 So the result equals a full recomputation of the modified book on the same backend, up to
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..book import Portfolios
+from ..book import SPOT, STABLECOINS, Portfolios
 from ..errors import GpuriskError, ScenarioError
 from ..margin import calls as _calls
 from ..margin import collateral as _coll
@@ -87,8 +87,45 @@ class HouseWhatIf:
         self.call = m["call_amount_usd"].to_numpy(dtype=np.float64)
         self._ext: dict[str, _Row] = {}
         self._lock = threading.Lock()
+        mk = book.market
+        self._index = {str(u): float(x) for u, x in zip(mk.underlyings, mk.index_price)}
 
     # ------------------------------------------------------------------ figures
+
+    def _equity(self, positions, balances) -> float:
+        """Haircut equity (USD) of one account's holdings, as ``collateral.equity`` values them on a one-account
+        book: balances at the index (stablecoins at 1), spot positions at their mark (q × contract size ×
+        underlying price), summed per asset, then tiered by ``collateral.tier_value``; without building a book."""
+        held = {}
+        for asset, amount in _net_by_asset(balances):
+            held[asset] = held.get(asset, 0.0) + amount * self._collateral_price(asset)
+        book = self.session.book
+        for ref, q in positions:
+            if ref.kind != SPOT:
+                continue
+            if ref.book_idx >= 0:
+                i = ref.book_idx
+                size, price = book.instruments.contract_size[i], book.market.underlying_price[i]
+            else:
+                one = ref.one_book()
+                size, price = one.instruments.contract_size[0], one.market.underlying_price[0]
+            held[ref.underlying] = held.get(ref.underlying, 0.0) + float(q) * float(size) * float(price)
+        if not held:
+            return 0.0
+        assets = np.array(list(held), dtype=object)
+        return float(_coll.tier_value(assets, np.fromiter(held.values(), float, len(held)), self.params.collateral).sum())
+
+    def _collateral_price(self, asset: str) -> float:
+        """USD price of a balance asset: the index of the book's market (stablecoins at 1 when absent), as
+        ``collateral.collateral_instruments``; ``WhatIfError`` for an asset with no price."""
+        price = self._index.get(asset)
+        if price is None:
+            if asset not in STABLECOINS:
+                raise WhatIfError(f"balances: asset {asset!r} has no index price in the market snapshot")
+            return 1.0
+        if not (np.isfinite(price) and price > 0):
+            raise WhatIfError(f"index: non-positive or missing price for collateral asset {asset!r}")
+        return price
 
     def before(self, a: int) -> Figures:
         """The account's figures in the session's run."""
@@ -168,9 +205,7 @@ class HouseWhatIf:
         req = _house.requirement(local, stats, "account")
         im, mm = float(req["im"][0]), float(req["mm"][0])
         if equity is None:
-            mini = self.session.mini_book(account_id, positions, balances)
-            eq, _ = _coll.equity(mini, _coll.collateral_instruments(mini), self.params.collateral, "account")
-            equity = float(eq[0])
+            equity = self._equity(positions, balances)
         status, amount = _calls.classify(np.array([im]), np.array([mm]), np.array([equity]), self.params.calls)
         return Figures(im, mm, equity, equity - im, str(status[0]), float(amount[0]))
 
