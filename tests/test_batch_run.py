@@ -81,6 +81,7 @@ def test_matches_in_process_reference(job, client2):
     assert man["status"] == "succeeded" and man["input_hash"] and man["code"]["version"]
     assert {c["backend"] for c in man["chunks"]} == {"reference"}
     assert len(man["chunks"]) == rep.counts["chunks_total"]
+    assert len({c["worker"] for c in man["chunks"]}) == 2  # the chunks spread over both workers (round robin)
     assert set(man["inputs"]) >= {"job", "book/positions.parquet", "book/book.toml"}
     assert man["counts"]["balanced"] and man["counts"]["accounts"] == N_ACCOUNTS
     assert man["as_of"] == "2026-03-02T08:00:00Z" == rep.as_of
@@ -512,3 +513,24 @@ def test_a_run_whose_every_worker_is_gone_fails_instead_of_waiting(tmp_path):
     assert "\n" not in str(err.value) and time.monotonic() - t0 < 120
     run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_chunks_are_spread_over_the_workers_of_one_host_loosely():
+    """On one host every worker maps the same P: chunks go round robin, as loose preferences (a lost or busy
+    worker's chunk goes elsewhere); across hosts, with GPU resources, or with one worker: no preference."""
+    from types import SimpleNamespace
+
+    from gpurisk.batch.runner import _spread
+
+    def first(workers, resources=None, n=5):
+        it = _spread(SimpleNamespace(workers=workers), resources)
+        return [next(it) for _ in range(n)]
+
+    two = cluster.Workers(2, 0, True, ("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"))
+    got = first(two)
+    assert [g["workers"] for g in got] == [["tcp://127.0.0.1:1"], ["tcp://127.0.0.1:2"]] * 2 + [["tcp://127.0.0.1:1"]]
+    assert all(g["allow_other_workers"] for g in got)
+    assert first(cluster.Workers(2, 0, False, two.addresses)) == [{}] * 5  # several hosts: Dask's locality
+    assert first(two, resources={"GPU": 1}) == [{}] * 5
+    assert first(cluster.Workers(1, 0, True, ("tcp://127.0.0.1:1",))) == [{}] * 5
+

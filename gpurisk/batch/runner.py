@@ -469,6 +469,19 @@ def _bare(portfolios):
     return dataclasses.replace(portfolios, key={})
 
 
+def _spread(run: _Run, resources):
+    """Worker preferences for the chunks, in submission order: round robin over the workers, loose (a busy
+    or lost worker's chunk goes elsewhere, work stealing still applies). On one host only, where every worker
+    maps the same P, so a chunk costs the same anywhere; Dask alone puts a leg's chunks beside the worker
+    that revalued its P (its locality rule), which left one of two workers idle for seconds at 100k accounts.
+    Nothing when the tasks need resources (GPU workers) or there is one worker."""
+    addresses = run.workers.addresses if run.workers.local and not resources else ()
+    k = 0
+    while True:
+        yield {"workers": [addresses[k % len(addresses)]], "allow_other_workers": True} if len(addresses) > 1 else {}
+        k += 1
+
+
 def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book) -> None:
     """Submit the revaluations and chunks, collect and checkpoint the chunks, finish each model when complete."""
     from distributed import as_completed
@@ -499,6 +512,7 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
                     tasks.revalue_pnl, leg.pricing, leg.scenarios, leg.numeraire, tb, targets[pkey],
                     key=f"revalue-{run.report.run_id}-{attempt}-{i}", pure=False, retries=run.job.retries,
                     resources=res, priority=1000 + i)
+            spread = _spread(run, res)
             for m in models:
                 for leg_name, j, a, b in m.todo:
                     leg = m.plan.legs[leg_name]
@@ -506,7 +520,7 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
                     fut = client.submit(
                         tasks.tail_stats_chunk, _bare(leg.portfolios.slice(a, b)), p_futures[pkey], leg.spec, tb,
                         leg_name in m.attributed, key=f"tail_stats-{run.report.run_id}-{attempt}-{m.label}-{path_name(leg_name)}-{a}-{b}",
-                        pure=False, retries=run.job.retries, resources=res, priority=rank[m.label])
+                        pure=False, retries=run.job.retries, resources=res, priority=rank[m.label], **next(spread))
                     futures[fut] = (m, leg_name, j, a, b, pkey)
                     left[pkey] = left.get(pkey, 0) + 1
         log.info("%d chunks (%d from checkpoints), %d P&L matrices, on %d worker(s), backend %s",
