@@ -17,7 +17,8 @@ run folders and the ``--out DIR`` folders of the commands are made as needed) mi
 folders are created; with ``parents=False`` a missing folder is a ``WriteError``, for
 callers that must not invent a folder a user misspelt.
 
-Reading: ``read_toml(path, what)`` is the only TOML reader: a missing file, a folder, bytes
+Reading: ``read_bytes`` / ``read_text(path, what, error, limit)`` read a whole input file (JSON, XML,
+TOML) with one-line errors naming it and an optional size limit; ``read_toml(path, what)`` is the only TOML reader: a missing file, a folder, bytes
 that are not UTF-8 or text that is not TOML is one line naming the file (a ``ConfigError``
 unless the caller names another error class). A UTF-8 byte-order mark is accepted.
 
@@ -302,6 +303,35 @@ def sha256_bytes(data: bytes) -> str:
 # ----------------------------------------------------------------------------- TOML
 
 
+def read_bytes(path, what: str, error: type[Exception] = ConfigError, limit: int | None = None) -> bytes:
+    """The bytes of the file at ``path``; ``error`` (one line naming the file) if it cannot be read.
+
+    ``what`` names the file's role in messages (``job file``, ``JSON file``): a missing file reads
+    ``PATH: job file not found``. ``limit``: the largest size accepted (bytes), checked before reading.
+    """
+    p = Path(path)
+    try:
+        if limit is not None and (size := p.stat().st_size) > limit:
+            raise error(f"{path}: {what} of {size:,} bytes is larger than the limit of {limit:,} bytes")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: {what} is a folder, not a file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({_reason(exc)})") from None
+
+
+def read_text(path, what: str, error: type[Exception] = ConfigError, limit: int | None = None) -> str:
+    """``read_bytes`` decoded as UTF-8 (a byte-order mark accepted); bytes that are not UTF-8 are ``error``
+    naming the byte offset."""
+    raw = read_bytes(path, what, error, limit)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+
+
 def read_toml(path, what: str, error: type[Exception] = ConfigError) -> dict:
     """The TOML file at ``path`` as a dict; ``error`` (one line naming the file) if it cannot be.
 
@@ -311,19 +341,7 @@ def read_toml(path, what: str, error: type[Exception] = ConfigError) -> dict:
     """
     import tomllib
 
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: {what} is a folder, not a file") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read the {what} ({_reason(exc)})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+    text = read_text(path, what, error)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -34,6 +34,7 @@ import pandas as pd
 from ..book import STABLECOINS
 from ..errors import GpuriskError
 from ..schema import ADAPTER_REASONS, REASONS, REJECT_COLUMNS, VALUE_CHARS
+from ..fileio import read_text
 
 #: every reason an adapter's reject may give
 ALL_REASONS = {**REASONS, **ADAPTER_REASONS}
@@ -109,6 +110,14 @@ class Mapped:
         if len(rejects):
             self.rejects = rejects if len(self.rejects) == 0 else pd.concat([self.rejects, rejects],
                                                                               ignore_index=True)
+
+    def settle(self, rj: "Rejector") -> np.ndarray:
+        """Take a record kind's checks in: its rejects kept, its records counted under ``rj.kind``; the mask
+        [n] of the records that passed."""
+        ok = rj.ok
+        self.reject(rj.rejects())
+        self.count(rj.kind, len(ok), int((~ok).sum()))
+        return ok
 
     def count(self, kind: str, n_input: int, n_rejected: int, **extra) -> None:
         c = self.counts.setdefault(kind, {"input": 0, "mapped": 0, "rejected": 0})
@@ -307,22 +316,7 @@ def check_number(rj: Rejector, column: str, vals, miss, wrong, *, required=True,
 def load_json(path) -> object:
     """The JSON document in file ``path``; ``AdapterError`` naming the file (and line/column) if it is not JSON."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise AdapterError(f"{p}: {size:,} bytes is larger than a position snapshot can be "
-                               f"(limit {MAX_JSON_BYTES:,})")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise AdapterError(f"{p}: file not found") from None
-    except IsADirectoryError:
-        raise AdapterError(f"{p}: is a folder, not a JSON file") from None
-    except OSError as exc:
-        raise AdapterError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    try:
-        txt = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AdapterError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    txt = read_text(p, "JSON file", AdapterError, MAX_JSON_BYTES)
     if not txt.strip():
         raise AdapterError(f"{p}: empty file (expected JSON)")
     try:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..fileio import read_toml
+from ..fileio import read_bytes, read_toml
 from .base import (PRIORITY_SPOT, AdapterError, Mapped, Rejector, check_number, number, source_name, text, utc)
 
 #: a FIXML file larger than this is refused unread
@@ -167,18 +167,9 @@ def parse_xml(data: bytes, source) -> "object":
 
 
 def read_xml(path):
+    """The parsed FIXML document in file ``path`` (``parse_xml``); ``AdapterError`` naming the file if it cannot be read."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_XML_BYTES:
-            raise AdapterError(f"{p}: {size:,} bytes is above the FIXML limit of {MAX_XML_BYTES:,}")
-        return parse_xml(p.read_bytes(), p)
-    except FileNotFoundError:
-        raise AdapterError(f"{p}: file not found") from None
-    except IsADirectoryError:
-        raise AdapterError(f"{p}: is a folder, not a FIXML file") from None
-    except OSError as exc:
-        raise AdapterError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    return parse_xml(read_bytes(p, "FIXML file", AdapterError, MAX_XML_BYTES), p)
 
 
 def _local(tag) -> str:
@@ -343,9 +334,7 @@ def _positions(recs, source, mapping: Mapping, m: Mapped) -> None:
     rj.flag(surv & ~np.isfinite(q_contracts), "Qty[FIN]", "missing_value", value=pd.Series([""] * n))
     rj.flag(surv & (q_contracts == 0), "Qty[FIN]", "flat_position", value=pd.Series(["0"] * n))
     setpx, _, pwrong = number(df["@SetPx"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("fixml.PosRpt", n, int((~ok).sum()))
+    ok = m.settle(rj)
     times = pd.to_datetime(df["@TxnTm"].where(df["@TxnTm"].notna(), df["@BizDt"]), utc=True, errors="coerce",
                            format="mixed")
     m.seen(times[ok].dt.tz_localize(None).to_numpy(dtype="datetime64[s]"))
@@ -393,9 +382,7 @@ def _collateral(recs, source, mapping: Mapping, m: Mapped) -> None:
     qty, qmiss, qwrong = number(df["@Qty"])
     check_number(rj, "@Qty", qty, qmiss, qwrong)
     rj.flag(qty == 0, "@Qty", "zero_balance")
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("fixml.CollRpt", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     times = pd.to_datetime(df["@TxnTm"].where(df["@TxnTm"].notna(), df["@BizDt"]), utc=True, errors="coerce",
                            format="mixed")
     m.seen(times[ok].dt.tz_localize(None).to_numpy(dtype="datetime64[s]"))
