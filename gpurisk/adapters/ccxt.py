@@ -116,9 +116,7 @@ def _markets(markets, source, m: Mapped) -> pd.DataFrame:
     check_number(rj, "contractSize", cs, cmiss, cwrong, required=False)
     rj.flag(np.isfinite(cs) & (cs <= 0), "contractSize", "non_positive")
     mult, _, _ = number(df["info.ctMult"])
-    m.reject(rj.rejects())
-    m.count("ccxt.markets", len(df), int((~rj.ok).sum()))
-    ok = rj.ok
+    ok = m.settle(rj)
     size = cs * np.where(np.isfinite(mult) & (mult > 0), mult, 1.0)
     return pd.DataFrame({"symbol": sym[ok], "m_size": size[ok], "m_expiry": utc(ms_time(df["expiry"])[ok])})
 
@@ -180,9 +178,7 @@ def _positions(recs, source, venue, account, markets, m: Mapped) -> None:
     sign = np.where(side == "long", 1.0, np.where(side == "short", -1.0, np.sign(contracts)))
     mark, _, _ = number(df["markPrice"])
     ts = ms_time(df["timestamp"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("ccxt.positions", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     cs, n, sign = cs[ok], np.abs(contracts[ok]), sign[ok]
@@ -228,9 +224,7 @@ def _greeks(recs, source, venue, markets, m: Mapped) -> None:
     vol, vmiss, vwrong = number(df["markImpliedVolatility"])
     check_number(rj, "markImpliedVolatility", vol, vmiss, vwrong)
     ts = ms_time(df["timestamp"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("ccxt.greeks", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     vol = vol[ok] / (100.0 if conv["vol_percent"] else 1.0)
@@ -262,9 +256,7 @@ def _tickers(recs, source, venue, markets, m: Mapped) -> None:
     has = (np.isfinite(price) & (price > 0) & ~opt) | (np.isfinite(index) & (index > 0))
     rj.flag(~has, "markPrice", "missing_value")
     ts = ms_time(df["timestamp"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("ccxt.tickers", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     price, index, spot, opt = price[ok], index[ok], spot[ok], opt[ok]
@@ -291,9 +283,7 @@ def _balance(balance, source, venue, account, m: Mapped) -> None:
     total, miss, wrong = number(df["total"])
     check_number(rj, "total", total, miss, wrong)
     rj.flag(total == 0, "total", "zero_balance")
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("ccxt.balance", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     ts = ms_time(pd.Series([balance.get("timestamp")], dtype=object))
     m.seen(ts)
     asset = df["asset"][ok].reset_index(drop=True)

@@ -109,9 +109,7 @@ def _specs(records: list, source: str, m: Mapped) -> pd.DataFrame:
     cs, miss, wrong = number(df["contract_size"])
     check_number(rj, "contract_size", cs, miss, wrong, positive=True)
     exp = ms_time(df["expiration_timestamp"])
-    m.reject(rj.rejects())
-    m.count("deribit.instruments", len(df), int((~rj.ok).sum()))
-    ok = rj.ok
+    ok = m.settle(rj)
     settle = pd.Series(text(df["settlement_currency"])[0], dtype=object).str.upper()
     base = pd.Series(text(df["base_currency"])[0], dtype=object).str.upper()
     return pd.DataFrame({"instrument_name": name[ok], "spec_size": cs[ok],
@@ -163,9 +161,7 @@ def _positions(records, source, account, specs, m: Mapped) -> None:
     rj.flag((np.sign(size) * sign < 0) | ((direction == "zero").to_numpy() & (size != 0)), "direction", "side_conflict")
     mark, mmiss, mwrong = number(df["mark_price"])
     index, imiss, iwrong = number(df["index_price"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("deribit.positions", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     t = t[ok].reset_index(drop=True)
     qty = (np.abs(size[ok]) / t["size_unit"].to_numpy(dtype=float)) * sign[ok]
     m.add("instruments", _instrument_rows(t))
@@ -200,9 +196,7 @@ def _tickers(records, source, specs, m: Mapped) -> None:
     index = np.where(np.isfinite(index), index, edp)
     ts = ms_time(df["timestamp"])
     ts = np.where(np.isnat(ts), ms_time(df["creation_timestamp"]), ts)
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("deribit.tickers", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     o = opt[ok]
@@ -225,9 +219,7 @@ def _summaries(records, source, account, m: Mapped) -> None:
     eq, miss, wrong = number(df["equity"])
     check_number(rj, "equity", eq, miss, wrong)
     rj.flag(eq == 0, "equity", "zero_balance")
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("deribit.account_summary", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.add("balances", pd.DataFrame({"account_id": account, "venue": VENUE,
                                     "asset": pd.Series(ccy[ok], dtype=object).str.upper(), "amount": eq[ok]}))
 

@@ -108,9 +108,7 @@ def _specs(recs, source, m: Mapped) -> pd.DataFrame:
     check_number(rj, "ctVal", np.where(spot, 1.0, val), miss & ~spot, wrong & ~spot, positive=True)
     check_number(rj, "ctMult", mult, np.zeros(len(df), bool), mwrong, required=False)
     rj.flag(np.isfinite(mult) & (mult <= 0), "ctMult", "non_positive")
-    m.reject(rj.rejects())
-    m.count("okx.instruments", len(df), int((~rj.ok).sum()))
-    ok = rj.ok
+    ok = m.settle(rj)
     size = np.where(spot, 1.0, val) * np.where(np.isfinite(mult), mult, 1.0)
     return pd.DataFrame({"instId": ids[ok], "spec_size": size[ok],
                          "spec_type": pd.Series(text(df["ctType"])[0], dtype=object).to_numpy()[ok],
@@ -161,9 +159,7 @@ def _positions(recs, source, account, specs, m: Mapped) -> None:
     mark, _, _ = number(df["markPx"])
     index, _, _ = number(df["idxPx"])
     ts = ms_time(df["uTime"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("okx.positions", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     qty = np.abs(pos[ok]) * t["per_contract"].to_numpy(dtype=float) * sign[ok]
@@ -189,9 +185,7 @@ def _option_summary(recs, source, specs, m: Mapped) -> None:
     vol, miss, wrong = number(df["markVol"])
     check_number(rj, "markVol", vol, miss, wrong)
     ts = ms_time(df["ts"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("okx.opt_summary", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     m.add("instruments", _instrument_rows(t))
@@ -209,9 +203,7 @@ def _mark_prices(recs, source, specs, m: Mapped) -> None:
     px, miss, wrong = number(df["markPx"])
     check_number(rj, "markPx", px, miss, wrong, positive=True)
     ts = ms_time(df["ts"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("okx.mark_price", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     t = t[ok].reset_index(drop=True)
     m.add("instruments", _instrument_rows(t))
@@ -228,9 +220,7 @@ def _index_tickers(recs, source, m: Mapped) -> None:
     px, miss, wrong = number(df["idxPx"])
     check_number(rj, "idxPx", px, miss, wrong, positive=True)
     ts = ms_time(df["ts"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("okx.index_tickers", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     m.add("index", pd.DataFrame({"underlying": base[ok].to_numpy(), "price": px[ok], "priority": PRIORITY_MARKET}))
 
@@ -246,9 +236,7 @@ def _balance(recs, source, account, m: Mapped) -> None:
     check_number(rj, "eq", eq, miss, wrong)
     rj.flag(eq == 0, "eq", "zero_balance")
     ts = ms_time(df["uTime"])
-    ok = rj.ok
-    m.reject(rj.rejects())
-    m.count("okx.balance", len(df), int((~ok).sum()))
+    ok = m.settle(rj)
     m.seen(ts[ok])
     m.add("balances", pd.DataFrame({"account_id": account, "venue": VENUE, "asset": ccy[ok], "amount": eq[ok]}))
 
