@@ -85,7 +85,12 @@ def christoffersen_independence(exceptions) -> tuple[float, float]:
     LR = −2·ln[(1−π)^(n00+n10)·π^(n01+n11)] + 2·ln[(1−π01)^n00·π01^n01·(1−π11)^n10·π11^n11].
     A series with no exception, or only exceptions, gives LR = 0.
     """
-    n00, n01, n10, n11 = transition_counts(exceptions)
+    return independence_from_counts(*transition_counts(exceptions))
+
+
+def independence_from_counts(n00: int, n01: int, n10: int, n11: int) -> tuple[float, float]:
+    """Christoffersen's independence LR and p-value from the transition counts (n00, n01, n10, n11) of an exception
+    series (or their sums over several series, for a pooled row)."""
     tot = n00 + n01 + n10 + n11
     if tot == 0:
         return 0.0, 1.0
@@ -220,6 +225,6 @@ def portfolio_summary(im, pnl, level: float, floor=None, window: int = WINDOW_DA
     return out
 
 
-__all__ = ["kupiec_pof", "kupiec_one_sided", "transition_counts", "christoffersen_independence",
+__all__ = ["kupiec_pof", "kupiec_one_sided", "transition_counts", "christoffersen_independence", "independence_from_counts",
            "conditional_coverage", "traffic_light", "rolling_windows", "expected_shortfall", "procyclicality",
            "portfolio_summary", "GREEN_MAX", "YELLOW_MAX", "WINDOW_DAYS", "WINDOW_STEP", "INCREASE_DAYS"]

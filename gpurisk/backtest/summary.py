@@ -15,22 +15,6 @@ from . import stats
 POOLED = "pooled"
 
 
-def _independence_from_counts(n00: int, n01: int, n10: int, n11: int) -> tuple[float, float]:
-    """Christoffersen's LR from transition counts (summed over portfolios for the pooled row)."""
-    from scipy.special import xlogy
-
-    tot = n00 + n01 + n10 + n11
-    if tot == 0:
-        return 0.0, 1.0
-    pi = (n01 + n11) / tot
-    p01 = n01 / (n00 + n01) if n00 + n01 else 0.0
-    p11 = n11 / (n10 + n11) if n10 + n11 else 0.0
-    l0 = xlogy(n00 + n10, 1.0 - pi) + xlogy(n01 + n11, pi)
-    l1 = xlogy(n00, 1.0 - p01) + xlogy(n01, p01) + xlogy(n10, 1.0 - p11) + xlogy(n11, p11)
-    lr = max(float(-2.0 * (l0 - l1)), 0.0)
-    return lr, float(chi2.sf(lr, 1))
-
-
 def summarise(daily: pd.DataFrame, level: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary [portfolios + pooled], windows) of the daily rows (columns of ``engine.day_rows``)."""
     rows, wins = [], []
@@ -62,7 +46,7 @@ def summarise(daily: pd.DataFrame, level: float) -> tuple[pd.DataFrame, pd.DataF
     p = {"portfolio": POOLED, "n_obs": n, "n_exceptions": x}
     p["kupiec_lr"], p["kupiec_p"] = stats.kupiec_pof(n, x, level)
     p["kupiec_p_one_sided"] = stats.kupiec_one_sided(n, x, level)
-    p["cci_lr"], p["cci_p"] = _independence_from_counts(*map(int, counts))
+    p["cci_lr"], p["cci_p"] = stats.independence_from_counts(*map(int, counts))
     p["cc_lr"] = p["kupiec_lr"] + p["cci_lr"]
     p["cc_p"] = float(chi2.sf(p["cc_lr"], 2))
     p["zone"], p["zone_probability"] = stats.traffic_light(n, x, level)
