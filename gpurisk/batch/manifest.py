@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from .. import __version__
-from ..fileio import sha256_file, write_json
+from ..fileio import check_name, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 
@@ -28,6 +28,22 @@ def new_run_id(input_hash: str, now: _dt.datetime | None = None) -> str:
     """``YYYYmmddTHHMMSSZ-<first 8 hex of the input hash>``: sortable by start time."""
     now = now or utc_now()
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{input_hash[:8]}"
+
+
+def new_run_dir(out: Path, input_hash: str) -> tuple[str, Path]:
+    """(run id, its new folder in ``out``): ``new_run_id``, with ``-2``, ``-3``, ... when a run of the same
+    second and inputs already has that folder. The folder is created here (never reused: two runs starting
+    together get two folders)."""
+    base = new_run_id(input_hash)
+    run_id, k = base, 1
+    while True:
+        run_dir = Path(out) / check_name(run_id, "run id")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_id, run_dir
+        except FileExistsError:
+            k += 1
+            run_id = f"{base}-{k}"
 
 
 def code_version() -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import RESEARCH_KINDS, JobConfig, to_dict
 from ..errors import ConfigError, GpuriskError
-from ..fileio import check_name, sha256_file
+from ..fileio import sha256_file
 from . import manifest
 
 log = logging.getLogger("gpurisk.batch")
@@ -92,14 +92,7 @@ def run_research_job(job: JobConfig, options=None, on_block=None) -> ResearchRep
     files = _inputs(job, bt)
     hashes, input_hash = manifest.hash_inputs(files, {"kind": job.kind, "backend": backend,
                                                      "market": store.fingerprint(), "job": to_dict(job)})
-    out.mkdir(parents=True, exist_ok=True)
-    run_id = manifest.new_run_id(input_hash)
-    k = 1
-    while (out / run_id).exists():
-        k += 1
-        run_id = f"{manifest.new_run_id(input_hash)}-{k}"
-    run_dir = out / check_name(run_id, "run id")
-    run_dir.mkdir(parents=True)
+    run_id, run_dir = manifest.new_run_dir(out, input_hash)
     t0 = time.perf_counter()
     man = {"run_id": run_id, "job": job.name, "kind": job.kind, "status": "running",
            "started": manifest.utc_now().isoformat(), "input_hash": input_hash, "code": manifest.code_version(),

@@ -217,13 +217,7 @@ def _open_run(out: Path, resume: str | None, input_hash: str):
                 f"recorded, {input_hash[:12]} now); start a new run without --resume"
             )
         return resume, run_dir, {"chunk_plan": old.get("chunk_plan", {}), "previous_status": old.get("status")}
-    base = manifest.new_run_id(input_hash)
-    run_id, k = base, 1
-    while (out / run_id).exists():
-        k += 1
-        run_id = f"{base}-{k}"
-    run_dir = out / run_id
-    run_dir.mkdir(parents=True)
+    run_id, run_dir = manifest.new_run_dir(out, input_hash)
     return run_id, run_dir, {}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import JobConfig, to_dict
 from ..errors import ConfigError, GpuriskError
-from ..fileio import check_name, sha256_file, write_parquet
+from ..fileio import sha256_file, write_parquet
 from . import manifest, sources
 
 log = logging.getLogger("gpurisk.batch")
@@ -75,13 +75,7 @@ def run_stress_job(job: JobConfig, options=None) -> StressReport:
     hashes, input_hash = manifest.hash_inputs(files, {"kind": job.kind, "backend": backend,
                                                      "stress": to_dict(job.stress),
                                                      "market": market.fingerprint()})
-    run_id = manifest.new_run_id(input_hash)
-    k = 1
-    while (out / run_id).exists():
-        k += 1
-        run_id = f"{manifest.new_run_id(input_hash)}-{k}"
-    run_dir = out / check_name(run_id, "run id")
-    run_dir.mkdir(parents=True)
+    run_id, run_dir = manifest.new_run_dir(out, input_hash)
     started = manifest.utc_now()
     man = {"run_id": run_id, "job": job.name, "kind": "stress", "status": "running", "started": started.isoformat(),
            "input_hash": input_hash, "book": str(book_path), "code": manifest.code_version(),
