@@ -180,24 +180,13 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
     The tail kernels run once per leg as without it; the attributed legs also return their tail sets
     and marginals (no accounts × scenarios matrix).
     """
-    from ..backends import BackendUnavailable, Engine
-    from ..margin import _as_book, check_scenarios, get_model, plan_model
+    from ..margin import prepare
     from ..margin.plan import execute, finish
 
     if not attributable(model):
         raise ConfigError(f"attribution applies to the {' and '.join(ATTRIBUTED_MODELS)} models (expected "
                           f"shortfall); model {model!r} margins on its venue's worst-case grid")
-    mod = get_model(model)
-    check_scenarios(model, scenarios)
-    book = _as_book(book)
-    if params is None or isinstance(params, (str, bytes)) or hasattr(params, "__fspath__"):
-        params = mod.load_params(None if params is None else str(params))
-    if not isinstance(backend, Engine):
-        try:
-            backend = Engine(backend)
-        except (BackendUnavailable, ValueError) as exc:
-            raise ConfigError(str(exc)) from None
-    p = plan_model(mod, model, book, params, scenarios, market)
+    mod, p, backend = prepare(book, model, params, scenarios, backend, market)
     stats, metrics = execute(p, backend, attribution=attribution_legs(model, p))
     result = finish(mod, p, stats)
     result.summary.update(metrics)

@@ -99,8 +99,19 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
     store (``GPURISK_MARKET_DATA``, else the shipped history).
     The summary gains ``backend``, ``gpu_fallbacks`` and timings.
     """
-    from ..backends import BackendUnavailable, Engine
     from .plan import execute, finish
+
+    mod, p, engine = prepare(book, model, params, scenarios, backend, market)
+    stats, metrics = execute(p, engine)
+    result = finish(mod, p, stats)
+    result.summary.update(metrics)
+    return result
+
+
+def prepare(book, model: str, params, scenarios, backend, market):
+    """(model module, its ``Plan``, ``Engine``) for ``compute``'s arguments (see there): the scenarios checked
+    against the model, the book loaded, the parameters read, the backend resolved."""
+    from ..backends import BackendUnavailable, Engine
 
     mod = get_model(model)
     check_scenarios(model, scenarios)
@@ -112,11 +123,7 @@ def compute(book, model: str = "house", params=None, scenarios=None, backend="au
             backend = Engine(backend)
         except (BackendUnavailable, ValueError) as exc:
             raise ConfigError(str(exc)) from None
-    p = plan_model(mod, model, book, params, scenarios, market)
-    stats, metrics = execute(p, backend)
-    result = finish(mod, p, stats)
-    result.summary.update(metrics)
-    return result
+    return mod, plan_model(mod, model, book, params, scenarios, market), backend
 
 
 class _CallableModule(types.ModuleType):
@@ -126,4 +133,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["MODELS", "ModelSpec", "get_model", "check_scenarios", "plan_model", "compute"]
+__all__ = ["MODELS", "ModelSpec", "get_model", "check_scenarios", "plan_model", "prepare", "compute"]
