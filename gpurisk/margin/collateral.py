@@ -138,9 +138,15 @@ def collateral_instruments(book: Book) -> CollateralInstruments:
     BookError names an asset that has no index price and is not a stablecoin.
     """
     assets = np.asarray(sorted(set(map(str, book.balances.asset))), dtype=object)
-    mk = book.market
+    return CollateralInstruments(assets=assets, price_usd=index_prices(assets, book.market))
+
+
+def index_prices(assets, market) -> np.ndarray:
+    """[n] USD price of balance ``assets`` [n]: the index of ``market`` (a ``MarketSnapshot``), stablecoins at 1
+    when it has none. BookError names an asset with no price or a non-positive one."""
+    assets = np.asarray(assets, dtype=object)
     price = np.ones(len(assets))
-    known = {u: p for u, p in zip(map(str, mk.underlyings), mk.index_price)}
+    known = {u: p for u, p in zip(map(str, market.underlyings), market.index_price)}
     missing = []
     for i, a in enumerate(assets):  # distinct assets only
         if a in known:
@@ -152,7 +158,7 @@ def collateral_instruments(book: Book) -> CollateralInstruments:
     if np.any(~np.isfinite(price) | (price <= 0)):
         bad = assets[~np.isfinite(price) | (price <= 0)].tolist()
         raise BookError(f"index: non-positive or missing price for collateral asset(s) {bad}")
-    return CollateralInstruments(assets=assets, price_usd=price)
+    return price
 
 
 def _group_codes(book: Book, by: str):
@@ -238,6 +244,7 @@ __all__ = [
     "CollateralInstruments",
     "tier_value",
     "collateral_instruments",
+    "index_prices",
     "portfolios_with_collateral",
     "equity",
 ]

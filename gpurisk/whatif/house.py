@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..book import SPOT, STABLECOINS, Portfolios
+from ..book import SPOT, Portfolios
 from ..errors import GpuriskError, ScenarioError
 from ..margin import calls as _calls
 from ..margin import collateral as _coll
@@ -87,19 +87,18 @@ class HouseWhatIf:
         self.call = m["call_amount_usd"].to_numpy(dtype=np.float64)
         self._ext: dict[str, _Row] = {}
         self._lock = threading.Lock()
-        mk = book.market
-        self._index = {str(u): float(x) for u, x in zip(mk.underlyings, mk.index_price)}
 
     # ------------------------------------------------------------------ figures
 
     def _equity(self, positions, balances) -> float:
         """Haircut equity (USD) of one account's holdings, as ``collateral.equity`` values them on a one-account
-        book: balances at the index (stablecoins at 1), spot positions at their mark (q × contract size ×
-        underlying price), summed per asset, then tiered by ``collateral.tier_value``; without building a book."""
-        held = {}
-        for asset, amount in _net_by_asset(balances):
-            held[asset] = held.get(asset, 0.0) + amount * self._collateral_price(asset)
+        book: balances at the index (``collateral.index_prices``), spot positions at their mark (q × contract
+        size × underlying price), summed per asset, then tiered by ``collateral.tier_value``; without building a
+        book."""
         book = self.session.book
+        net = _net_by_asset(balances)
+        prices = _coll.index_prices([a for a, _ in net], book.market)
+        held = {a: x * float(px) for (a, x), px in zip(net, prices)}
         for ref, q in positions:
             if ref.kind != SPOT:
                 continue
@@ -114,18 +113,6 @@ class HouseWhatIf:
             return 0.0
         assets = np.array(list(held), dtype=object)
         return float(_coll.tier_value(assets, np.fromiter(held.values(), float, len(held)), self.params.collateral).sum())
-
-    def _collateral_price(self, asset: str) -> float:
-        """USD price of a balance asset: the index of the book's market (stablecoins at 1 when absent), as
-        ``collateral.collateral_instruments``; ``WhatIfError`` for an asset with no price."""
-        price = self._index.get(asset)
-        if price is None:
-            if asset not in STABLECOINS:
-                raise WhatIfError(f"balances: asset {asset!r} has no index price in the market snapshot")
-            return 1.0
-        if not (np.isfinite(price) and price > 0):
-            raise WhatIfError(f"index: non-positive or missing price for collateral asset {asset!r}")
-        return price
 
     def before(self, a: int) -> Figures:
         """The account's figures in the session's run."""
