@@ -43,7 +43,7 @@ import pandas as pd
 
 from ..fileio import write_text
 from .layout import (FUNDING, OHLCV, POSITIVE, QUOTE, MarketDataError, Table, check_coin, kind_for_header,
-                     parse_times, read_table, table_for_name, table_text)
+                     parse_times, read_csv_cells, read_table, table_for_name, table_text)
 from .store import shipped_dir, utc_time
 
 #: what ``on_conflict`` may be
@@ -221,12 +221,7 @@ def read_csv_rows(path, symbol=None, timeframe=None, rejects: list | None = None
     count the header as line 1)."""
     path = Path(path)
     rejects = [] if rejects is None else rejects
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise MarketDataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise MarketDataError(f"{path}: cannot read it as CSV ({' '.join(str(exc).split())[:200]})") from None
+    raw = read_csv_cells(path)
     kind = kind_for_header(raw.columns)
     if kind is None:
         raise MarketDataError(f"{path}: columns {','.join(map(str, raw.columns))} are none of the shipped formats "

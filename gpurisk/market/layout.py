@@ -171,6 +171,17 @@ def parse_times(text: pd.Series) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(t).tz_localize(None).as_unit("ns")
 
 
+def read_csv_cells(path: Path) -> pd.DataFrame:
+    """Every cell of CSV file ``path`` as text (header row → column names); ``MarketDataError`` naming the file if
+    it cannot be read as CSV."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise MarketDataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MarketDataError(f"{path}: cannot read it as CSV ({' '.join(str(exc).split())[:200]})") from None
+
+
 def read_table(path: Path, table: Table) -> pd.DataFrame:
     """The rows of ``path`` (a ``table`` file) indexed by naive UTC time, sorted, as float64 columns.
 
@@ -178,12 +189,7 @@ def read_table(path: Path, table: Table) -> pd.DataFrame:
     number, a value that must be positive and is not, or a time that appears twice.
     """
     path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise MarketDataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise MarketDataError(f"{path}: cannot read it as CSV ({' '.join(str(exc).split())[:200]})") from None
+    raw = read_csv_cells(path)
     missing = [c for c in table.columns if c not in raw.columns]
     if missing:
         raise MarketDataError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(table.columns)})")
@@ -223,5 +229,5 @@ def table_text(table: Table, df: pd.DataFrame) -> str:
 
 
 __all__ = ["COINS", "QUOTE", "OHLCV", "DVOL", "FUNDING", "KINDS", "COLUMNS", "MarketDataError", "Table",
-           "timeframe_delta", "check_coin", "table_for_name", "kind_for_header", "parse_times", "read_table",
+           "timeframe_delta", "check_coin", "table_for_name", "kind_for_header", "parse_times", "read_csv_cells", "read_table",
            "table_text"]
