@@ -500,7 +500,6 @@ def _numbers(table, df, column, positive=False, rows=None, zero_reason="non_posi
 
 def _expiry(table, df, is_dated: np.ndarray) -> np.ndarray:
     """[n] datetime64[s] naive UTC; NaT where the kind has no expiry. A dated kind needs a readable one."""
-    s = df["expiry"]
     out = np.full(len(df), np.datetime64("NaT"), dtype="datetime64[s]")
     if not is_dated.any():
         return out

@@ -7,7 +7,6 @@ positions and balances tables, not from the models' own ``coverage``.
 from __future__ import annotations
 
 
-import numpy as np
 import pandas as pd
 import pytest
 

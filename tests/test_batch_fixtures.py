@@ -138,7 +138,7 @@ def toy_coverage(plan: Plan) -> pd.DataFrame:
 def toy_finalize(plan: Plan, stats) -> MarginResult:
     """The standard columns (IM = max(ES99, 0), MM = 0.8·IM, equity = the account's balances at 1 USD each),
     plus the toy's own measures, a ``by_venue`` table and the ``calls`` table."""
-    p, book = plan.context["params"], plan.context["book"]
+    book = plan.context["book"]
     acc, ven = plan.legs["account"].portfolios, plan.legs["venue"].portfolios
     im = np.maximum(stats["account"].es[:, 0], 0.0)
     equity = np.bincount(book.balances.account_idx, weights=book.balances.amount, minlength=book.n_accounts)

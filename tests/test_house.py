@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import integrate
 from scipy import stats as sps
 from scipy.stats import norm
-from test_measures import PRICES, make_book, random_positions
+from test_measures import make_book, random_positions
 
 import gpurisk.margin as gm
 from gpurisk.backends import TailStats, reference
@@ -123,13 +123,13 @@ def test_apc_buffer_released_in_stress_and_kept_in_calm():
     covid = house.apc_state(pd.Timestamp("2020-03-13"), p)
     assert covid["release"] == 1.0 and covid["buffer_rate"] == 0.0
     # the rule itself, on the reported vols; long-run vol = sample std over the window
-    for st, date in ((calm, "2024-12-31"), (covid, "2020-03-13")):
+    for state, date in ((calm, "2024-12-31"), (covid, "2020-03-13")):
         d = pd.Timestamp(date)
         c = _raw_bars("BTC")["close"].loc[d - pd.Timedelta(days=3650): d]
-        assert st["long_daily_vol"] == pytest.approx(np.std(np.diff(np.log(c.to_numpy())), ddof=1))
-        assert st["short_daily_vol"] == pytest.approx(_ewma_vol_loop("BTC", d, 0.94), rel=1e-9)
-        r = st["short_daily_vol"] / st["long_daily_vol"]
-        assert st["buffer_rate"] == pytest.approx(0.25 * (1 - min(max((r - 1) / 0.5, 0), 1)))
+        assert state["long_daily_vol"] == pytest.approx(np.std(np.diff(np.log(c.to_numpy())), ddof=1))
+        assert state["short_daily_vol"] == pytest.approx(_ewma_vol_loop("BTC", d, 0.94), rel=1e-9)
+        r = state["short_daily_vol"] / state["long_daily_vol"]
+        assert state["buffer_rate"] == pytest.approx(0.25 * (1 - min(max((r - 1) / 0.5, 0), 1)))
 
 
 def test_history_date_is_the_last_bar_known_at_the_as_of():

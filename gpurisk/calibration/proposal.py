@@ -4,8 +4,6 @@ beside it naming the backtest that supports it (the set, its coverage, cost and 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
 
 from ..fileio import toml_value

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -59,7 +58,7 @@ from . import collateral as _coll
 from . import params as _params
 from .common import compact, map_scenarios
 from ..scenarios.historical import VOL_FILTERS
-from .components import (COMPONENTS, ES_COMPONENTS, SQUEEZES, USER, ComponentParams, book_coins, book_history,
+from .components import (ES_COMPONENTS, SQUEEZES, ComponentParams, book_coins, book_history,
                          caller_components, default_components)
 from .plan import ALL_VENUES, Leg, MarginResult, Plan, standard_frame
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ..book import SPOT, Book
-from ..errors import ConfigError, GpuriskError
+from ..errors import GpuriskError
 from ..tail import TailStats
 from .calls import CallParams, calls_table, call_line, classify_bands, status_counts
 from .params import load_overlay
