@@ -534,3 +534,17 @@ def test_chunks_are_spread_over_the_workers_of_one_host_loosely():
     assert first(two, resources={"GPU": 1}) == [{}] * 5
     assert first(cluster.Workers(1, 0, True, ("tcp://127.0.0.1:1",))) == [{}] * 5
 
+
+
+def test_new_run_dir_never_reuses_a_folder(tmp_path, monkeypatch):
+    """Runs of the same inputs started in the same second get -2, -3, ... folders, each made once."""
+    import datetime as dt
+
+    from gpurisk.batch import manifest
+
+    monkeypatch.setattr(manifest, "utc_now", lambda: dt.datetime(2026, 11, 29, 8, 0, 0, tzinfo=dt.timezone.utc))
+    made = [manifest.new_run_dir(tmp_path, "ab" * 32) for _ in range(3)]
+    base = "20261129T080000Z-abababab"
+    assert [r for r, _ in made] == [base, f"{base}-2", f"{base}-3"]
+    assert [d for _, d in made] == [tmp_path / base, tmp_path / f"{base}-2", tmp_path / f"{base}-3"]
+    assert all(d.is_dir() for _, d in made)

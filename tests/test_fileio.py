@@ -425,3 +425,32 @@ def test_toml_value_of_numpy_scalars_and_nan():
 def test_toml_scalar_reads_a_bare_word_as_itself():
     assert fileio.toml_scalar("coin") == "coin" and fileio.toml_scalar("0.975") == 0.975
     assert fileio.toml_scalar('"3"') == "3" and fileio.toml_scalar("[1, 2]") == [1, 2]
+
+
+# ----------------------------------------------------------------------------- reading input files
+
+
+def test_read_text_accepts_a_byte_order_mark_and_a_file_at_the_limit(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_bytes(b'\xef\xbb\xbf{"x": 1}')
+    assert fileio.read_text(p, "JSON file", limit=p.stat().st_size) == '{"x": 1}'
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing", "JSON file not found"),
+    ("folder", "JSON file is a folder, not a file"),
+    ("large", "JSON file of 11 bytes is larger than the limit of 10 bytes"),
+    ("latin1", "JSON file is not UTF-8 text (byte 7: b'\\xe9')"),
+])
+def test_read_text_faults_are_one_line_naming_the_file(tmp_path, case, fragment):
+    p = tmp_path / "a.json"
+    if case == "folder":
+        p.mkdir()
+    elif case == "large":
+        p.write_bytes(b"x" * 11)
+    elif case == "latin1":
+        p.write_bytes(b'{"x": "\xe9"}')
+    with pytest.raises(ConfigError) as e:
+        fileio.read_text(p, "JSON file", limit=10 if case == "large" else None)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and fragment in msg and "\n" not in msg
