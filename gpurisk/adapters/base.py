@@ -111,6 +111,19 @@ class Mapped:
             self.rejects = rejects if len(self.rejects) == 0 else pd.concat([self.rejects, rejects],
                                                                               ignore_index=True)
 
+    def add_position_prices(self, instrument_id, kind, mark, underlying=None, index=None) -> None:
+        """The prices a position record carries, at position priority: the mark [n] of a non-option instrument
+        as its ``underlying_price`` (an option's mark is a premium, not the underlying's), and the
+        ``index`` [n] of each ``underlying`` [n] when given; non-finite or non-positive prices are skipped."""
+        fut = (np.asarray(kind, dtype=object) != "option") & np.isfinite(mark) & (mark > 0)
+        self.add("market", pd.DataFrame({"instrument_id": np.asarray(instrument_id, dtype=object)[fut],
+                                         "underlying_price": mark[fut], "implied_vol": np.nan,
+                                         "priority": PRIORITY_POSITION}))
+        if index is not None:
+            good = np.isfinite(index) & (index > 0)
+            self.add("index", pd.DataFrame({"underlying": np.asarray(underlying, dtype=object)[good],
+                                            "price": index[good], "priority": PRIORITY_POSITION}))
+
     def settle(self, rj: "Rejector") -> np.ndarray:
         """Take a record kind's checks in: its rejects kept, its records counted under ``rj.kind``; the mask
         [n] of the records that passed."""

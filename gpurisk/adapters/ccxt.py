@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import symbols
-from .base import (PRIORITY_MARKET, PRIORITY_POSITION, PRIORITY_SPOT, AdapterError, Mapped, Rejector,
+from .base import (PRIORITY_MARKET, PRIORITY_SPOT, AdapterError, Mapped, Rejector,
                    check_number, ms_time, number, records_frame, source_name, text, utc)
 
 
@@ -190,9 +190,7 @@ def _positions(recs, source, venue, account, markets, m: Mapped) -> None:
     t["contract_size"] = book_cs
     m.add("instruments", _instrument_rows(t, venue))
     m.add("positions", pd.DataFrame({"account_id": account, "instrument_id": t["instrument_id"], "quantity": sign * qty}))
-    fut = (t["kind"] != "option").to_numpy() & np.isfinite(mark[ok]) & (mark[ok] > 0)
-    m.add("market", pd.DataFrame({"instrument_id": t["instrument_id"][fut], "underlying_price": mark[ok][fut],
-                                  "implied_vol": np.nan, "priority": PRIORITY_POSITION}))
+    m.add_position_prices(t["instrument_id"], t["kind"], mark[ok])
 
 
 def _known_instruments(t: pd.DataFrame, venue: str, m: Mapped) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import symbols
-from .base import (PRIORITY_MARKET, PRIORITY_POSITION, AdapterError, Mapped, Rejector, check_number, ms_time,
+from .base import (PRIORITY_MARKET, AdapterError, Mapped, Rejector, check_number, ms_time,
                    epoch_ms, number, records, records_frame, source_name, text, utc)
 
 VENUE = "deribit"
@@ -166,12 +166,7 @@ def _positions(records, source, account, specs, m: Mapped) -> None:
     qty = (np.abs(size[ok]) / t["size_unit"].to_numpy(dtype=float)) * sign[ok]
     m.add("instruments", _instrument_rows(t))
     m.add("positions", pd.DataFrame({"account_id": account, "instrument_id": t["instrument_name"], "quantity": qty}))
-    fut = (t["kind"] != "option").to_numpy() & np.isfinite(mark[ok]) & (mark[ok] > 0)
-    m.add("market", pd.DataFrame({"instrument_id": t["instrument_name"][fut], "underlying_price": mark[ok][fut],
-                                  "implied_vol": np.nan, "priority": PRIORITY_POSITION}))
-    good_ix = np.isfinite(index[ok]) & (index[ok] > 0)
-    m.add("index", pd.DataFrame({"underlying": t["base"][good_ix], "price": index[ok][good_ix],
-                                 "priority": PRIORITY_POSITION}))
+    m.add_position_prices(t["instrument_name"], t["kind"], mark[ok], t["base"], index[ok])
 
 
 def _tickers(records, source, specs, m: Mapped) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import symbols
-from .base import (PRIORITY_MARKET, PRIORITY_POSITION, AdapterError, Mapped, Rejector, check_number, epoch_ms,
+from .base import (PRIORITY_MARKET, AdapterError, Mapped, Rejector, check_number, epoch_ms,
                    ms_time, number, records, records_frame, source_name, text, utc)
 
 VENUE = "okx"
@@ -165,12 +165,7 @@ def _positions(recs, source, account, specs, m: Mapped) -> None:
     qty = np.abs(pos[ok]) * t["per_contract"].to_numpy(dtype=float) * sign[ok]
     m.add("instruments", _instrument_rows(t))
     m.add("positions", pd.DataFrame({"account_id": account, "instrument_id": t["instId"], "quantity": qty}))
-    fut = (t["kind"] != "option").to_numpy() & np.isfinite(mark[ok]) & (mark[ok] > 0)
-    m.add("market", pd.DataFrame({"instrument_id": t["instId"][fut], "underlying_price": mark[ok][fut],
-                                  "implied_vol": np.nan, "priority": PRIORITY_POSITION}))
-    good = np.isfinite(index[ok]) & (index[ok] > 0)
-    m.add("index", pd.DataFrame({"underlying": t["base"][good], "price": index[ok][good],
-                                 "priority": PRIORITY_POSITION}))
+    m.add_position_prices(t["instId"], t["kind"], mark[ok], t["base"], index[ok])
 
 
 def _option_summary(recs, source, specs, m: Mapped) -> None:
