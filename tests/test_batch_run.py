@@ -515,25 +515,69 @@ def test_a_run_whose_every_worker_is_gone_fails_instead_of_waiting(tmp_path):
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
 
 
-def test_chunks_are_spread_over_the_workers_of_one_host_loosely():
-    """On one host every worker maps the same P: chunks go round robin, as loose preferences (a lost or busy
-    worker's chunk goes elsewhere); across hosts, with GPU resources, or with one worker: no preference."""
+class _TailDependencies:
+    """A scheduler plugin that records, for each tail-statistics task as it starts, the keys it depends on."""
+
+    name = "gpurisk-test-tail-dependencies"
+
+    def __init__(self):
+        self.seen = {}
+
+    def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing" and str(key).startswith("tail_stats-"):
+            self.seen[str(key)] = sorted(str(d.key) for d in self.scheduler.tasks[key].dependencies)
+
+
+def _tail_dependencies(job, client, monkeypatch=None, multi_host=False):
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    plugin = type("TailDependencies", (_TailDependencies, SchedulerPlugin), {})()
+    client.register_plugin(plugin)
+    try:
+        if multi_host:
+            monkeypatch.setattr(cluster, "workers_of", lambda c: cluster.Workers(2, 0, False))
+        rep = _run(job, client)
+        return rep, client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.plugins[_TailDependencies.name].seen))
+    finally:
+        client.unregister_scheduler_plugin(_TailDependencies.name)
+
+
+def test_on_one_host_chunks_depend_on_no_task_and_across_hosts_on_their_p(job, client2, monkeypatch):
+    """One host: a leg's chunks are submitted once its P is in its file, as tasks without dependencies (Dask's
+    queue hands each to the first free worker; as dependents Dask would keep them beside the revaluing worker).
+    Across hosts P travels with Dask, so every chunk depends on its revaluation. Same outputs either way."""
+    local, seen = _tail_dependencies(job, client2)
+    assert len(seen) == local.counts["chunks_computed"] > 10
+    assert all(deps == [] for deps in seen.values())
+    far, seen_far = _tail_dependencies(job, client2, monkeypatch, multi_host=True)
+    assert len(seen_far) == far.counts["chunks_computed"]
+    assert all(len(deps) == 1 and deps[0].startswith("revalue-") for deps in seen_far.values())
+    assert read_outputs(far.run_dir) == read_outputs(local.run_dir)
+
+
+def test_chunk_priorities_put_the_smaller_model_and_the_larger_chunks_first():
+    """The model with less work runs first (its tables are finished while the other computes); within a model
+    the largest chunk first; every chunk below every revaluation (priority 1000 and above)."""
     from types import SimpleNamespace
 
-    from gpurisk.batch.runner import _spread
+    from gpurisk.batch.runner import _chunk_priority
 
-    def first(workers, resources=None, n=5):
-        it = _spread(SimpleNamespace(workers=workers), resources)
-        return [next(it) for _ in range(n)]
+    def model(label, sizes, n_scenarios):
+        indptr = np.concatenate([[0], np.cumsum(sizes)])
+        leg = SimpleNamespace(portfolios=SimpleNamespace(indptr=indptr), scenarios=SimpleNamespace(n_scenarios=n_scenarios))
+        todo = [("leg", j, j, j + 1) for j in range(len(sizes))]
+        work = float(np.sum(sizes)) * n_scenarios
+        return SimpleNamespace(label=label, plan=SimpleNamespace(legs={"leg": leg}), todo=todo, work=work)
 
-    two = cluster.Workers(2, 0, True, ("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"))
-    got = first(two)
-    assert [g["workers"] for g in got] == [["tcp://127.0.0.1:1"], ["tcp://127.0.0.1:2"]] * 2 + [["tcp://127.0.0.1:1"]]
-    assert all(g["allow_other_workers"] for g in got)
-    assert first(cluster.Workers(2, 0, False, two.addresses)) == [{}] * 5  # several hosts: Dask's locality
-    assert first(two, resources={"GPU": 1}) == [{}] * 5
-    assert first(cluster.Workers(1, 0, True, ("tcp://127.0.0.1:1",))) == [{}] * 5
-
+    big, small = model("big", [5, 50, 20], 1000), model("small", [1, 3], 10)
+    pr = _chunk_priority([big, small])
+    assert min(pr[("small", "leg", j)] for j in range(2)) > max(pr[("big", "leg", j)] for j in range(3))
+    assert pr[("big", "leg", 1)] > pr[("big", "leg", 2)] > pr[("big", "leg", 0)]
+    assert pr[("small", "leg", 1)] > pr[("small", "leg", 0)]
+    assert max(pr.values()) < 1000
 
 
 def test_new_run_dir_never_reuses_a_folder(tmp_path, monkeypatch):

@@ -131,13 +131,11 @@ class BackendError(ConfigError):
 
 @dataclass(frozen=True)
 class Workers:
-    """The cluster's workers now: how many, how many declare a GPU, whether all run on this host, and their
-    addresses (sorted)."""
+    """The cluster's workers now: how many, how many declare a GPU, whether all run on this host."""
 
     count: int
     gpu: int
     local: bool
-    addresses: tuple[str, ...] = ()
 
 
 def workers_of(client) -> Workers:
@@ -148,7 +146,7 @@ def workers_of(client) -> Workers:
         hosts = set(client.run(socket.gethostname).values())
     except Exception:  # noqa: BLE001 - a worker that cannot answer: assume another host
         hosts = {None}
-    return Workers(len(info), gpu, hosts <= {socket.gethostname()}, tuple(sorted(info)))
+    return Workers(len(info), gpu, hosts <= {socket.gethostname()})
 
 
 @dataclass(frozen=True)

@@ -463,42 +463,86 @@ def _bare(portfolios):
     return dataclasses.replace(portfolios, key={})
 
 
-def _spread(run: _Run, resources):
-    """Worker preferences for the chunks, in submission order: round robin over the workers, loose (a busy
-    or lost worker's chunk goes elsewhere, work stealing still applies). On one host only, where every worker
-    maps the same P, so a chunk costs the same anywhere; Dask alone puts a leg's chunks beside the worker
-    that revalued its P (its locality rule), which left one of two workers idle for seconds at 100k accounts.
-    Nothing when the tasks need resources (GPU workers) or there is one worker."""
-    addresses = run.workers.addresses if run.workers.local and not resources else ()
-    k = 0
-    while True:
-        yield {"workers": [addresses[k % len(addresses)]], "allow_other_workers": True} if len(addresses) > 1 else {}
-        k += 1
+def _chunk_priority(models: list[_Model]) -> dict:
+    """Dask priority of each chunk to compute ({(label, leg, j): number}; higher runs first).
+
+    The model with the least work first: the last model to complete is finished (finalize, write) after the
+    compute, the others while it runs. Within a model, the largest chunks first (longest-first list scheduling:
+    the last chunks to run are the short ones, so the workers finish together). Every chunk ranks below every
+    revaluation (priority 1000 and above), which unblocks chunks.
+    """
+    rank = {m.label: r for r, m in enumerate(sorted(models, key=lambda m: m.work, reverse=True))}
+    out = {}
+    for m in models:
+        work = {(leg_name, j): float(chunks.chunk_work(m.plan.legs[leg_name].portfolios.indptr[a:b + 1],
+                                                       m.plan.legs[leg_name].scenarios.n_scenarios).sum())
+                for leg_name, j, a, b in m.todo}
+        top = max(work.values(), default=0.0) + 1.0
+        out.update({(m.label,) + k: rank[m.label] + w / top for k, w in work.items()})
+    return out
 
 
 def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book) -> None:
-    """Submit the revaluations and chunks, collect and checkpoint the chunks, finish each model when complete."""
+    """Submit the revaluations and chunks, collect and checkpoint the chunks, finish each model when complete.
+
+    On one host a leg's chunks are submitted once its P is revalued, with the revaluation's result (the file
+    every worker maps) as a plain argument: the chunks then depend on no task, so Dask's queue hands each to
+    the first worker with a free thread, largest first. (As dependents of the revaluation, Dask would run
+    them beside the worker that revalued P, its locality rule, which here buys nothing and left one of two
+    workers idle for seconds.) Across hosts P travels with Dask: the chunks depend on the revaluation's future.
+
+    A complete model is finished (``_finish_model``: finalize, write, coverage) on one background thread, in
+    the order the models complete, so that this thread goes on handing out chunks meanwhile (a leg whose P
+    arrives during a finish would otherwise wait for it); the run waits for every finish before it returns.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from distributed import as_completed
 
     tb = run.backend.task_backend()
     res = run.backend.resources
     attempt = uuid.uuid4().hex[:8]  # fresh task keys per attempt (a resumed run reuses its run id)
-    scratch = [run.run_dir / "scratch"] + ([pnl.shm_folder(run.report.run_id)] if run.workers.local else [])
+    shared = run.workers.local
+    scratch = [run.run_dir / "scratch"] + ([pnl.shm_folder(run.report.run_id)] if shared else [])
     for folder in scratch:
         pnl.remove(folder)  # what an earlier attempt of this run left
-    if run.workers.local:
+    if shared:
         pnl.sweep()
     p_futures, futures = {}, {}
+    p_pending: dict = {}  # one host: revaluation future -> P key, until its chunks are submitted
     left: dict = {}  # P key -> chunks still to read it
     watch = cluster.WorkerWatch(client, run.job.lost_workers_timeout_s,
                                 lambda: client.cancel(list(futures) + list(p_futures.values())))
-    # the model with the least work first: the last model to complete is finished (finalize, write) after the
-    # compute, the others while it runs; the largest P first among the revaluations (they unblock the chunks)
-    rank = {m.label: r for r, m in enumerate(sorted(models, key=lambda m: m.work, reverse=True))}
+    priority = _chunk_priority(models)
+    needs: dict = {}  # P key -> [(model, leg, j, start, stop)] in submission order
+    for m in models:
+        for leg_name, j, a, b in m.todo:
+            needs.setdefault((m.label,) + m.plan.legs[leg_name].pnl_key(), []).append((m, leg_name, j, a, b))
     done = sum(len(m.stats) for m in models)
+    finishing = ThreadPoolExecutor(1, thread_name_prefix="gpurisk-finish")
+    finishes: list = []
+
+    def finish(m: _Model) -> None:
+        finishes.append(finishing.submit(_finish_model, run, m, book))
+
+    def submit_chunks(pkey, p) -> list:
+        """The chunks reading P ``p`` (the revaluation's future, or its result on one host)."""
+        new = []
+        for m, leg_name, j, a, b in needs[pkey]:
+            leg = m.plan.legs[leg_name]
+            fut = client.submit(
+                tasks.tail_stats_chunk, _bare(leg.portfolios.slice(a, b)), p, leg.spec, tb, leg_name in m.attributed,
+                key=f"tail_stats-{run.report.run_id}-{attempt}-{m.label}-{path_name(leg_name)}-{a}-{b}",
+                pure=False, retries=run.job.retries, resources=res, priority=priority[(m.label, leg_name, j)])
+            futures[fut] = (m, leg_name, j, a, b, pkey)
+            new.append(fut)
+        left[pkey] = len(needs[pkey])
+        return new
+
     try:
         with run.stage("submit"):
             first, targets = _pnl_targets(run, models)
+            # the largest P first among the revaluations (they unblock the chunks)
             by_size = sorted(first, key=lambda k: len(first[k][1].pricing) * first[k][1].scenarios.n_scenarios)
             for i, pkey in enumerate(by_size):
                 name, leg = first[pkey]
@@ -506,27 +550,27 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
                     tasks.revalue_pnl, leg.pricing, leg.scenarios, leg.numeraire, tb, targets[pkey],
                     key=f"revalue-{run.report.run_id}-{attempt}-{i}", pure=False, retries=run.job.retries,
                     resources=res, priority=1000 + i)
-            spread = _spread(run, res)
-            for m in models:
-                for leg_name, j, a, b in m.todo:
-                    leg = m.plan.legs[leg_name]
-                    pkey = (m.label,) + leg.pnl_key()
-                    fut = client.submit(
-                        tasks.tail_stats_chunk, _bare(leg.portfolios.slice(a, b)), p_futures[pkey], leg.spec, tb,
-                        leg_name in m.attributed, key=f"tail_stats-{run.report.run_id}-{attempt}-{m.label}-{path_name(leg_name)}-{a}-{b}",
-                        pure=False, retries=run.job.retries, resources=res, priority=rank[m.label], **next(spread))
-                    futures[fut] = (m, leg_name, j, a, b, pkey)
-                    left[pkey] = left.get(pkey, 0) + 1
+            if shared:
+                p_pending = {f: k for k, f in p_futures.items()}
+                pending = list(p_pending)
+            else:
+                pending = [f for pkey in by_size for f in submit_chunks(pkey, p_futures[pkey])]
         log.info("%d chunks (%d from checkpoints), %d P&L matrices, on %d worker(s), backend %s",
                  total, done, len(p_futures), run.workers.count, run.backend.name)
         for m in models:
             if m.outstanding == 0:
-                _finish_model(run, m, book)
+                finish(m)
         with run.stage("compute"), watch:
-            for fut, out in as_completed(list(futures), with_results=True):
-                m, leg_name, j, a, b, pkey = futures.pop(fut)
+            arrived = as_completed(pending, with_results=True)
+            for fut, out in arrived:
                 if fut.status != "finished":  # cancelled under us: raise its own error, not use it as a result
                     fut.result()
+                if fut in p_pending:  # one host: P is in its file; its chunks go to whichever worker is free
+                    pkey = p_pending.pop(fut)
+                    arrived.update(submit_chunks(pkey, out))
+                    p_futures.pop(pkey).release()
+                    continue
+                m, leg_name, j, a, b, pkey = futures.pop(fut)
                 fut.release()
                 meta = {"input_hash": run.input_hash, "backend": out["backend"], "fallbacks": out["fallbacks"],
                         "seconds": out["seconds"], "worker": out["worker"]}
@@ -535,20 +579,26 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
                 m.meta[(leg_name, j)] = {**meta, "resumed": False}
                 run.man["pnl"]["matrices"][first[pkey][0]].update(out["revalue"])
                 left[pkey] -= 1
-                if left[pkey] == 0:
+                if left[pkey] == 0 and pkey in p_futures:
                     p_futures.pop(pkey).release()
                 done += 1
                 if on_chunk is not None:
                     on_chunk(done, total)
                 m.outstanding -= 1
                 if m.outstanding == 0:
-                    _finish_model(run, m, book)
+                    finish(m)
+                for f in finishes:
+                    if f.done():
+                        f.result()  # a failed finish fails the run now, not after the other models' compute
+        for f in finishes:
+            f.result()
     except BaseException:
         client.cancel(list(futures) + list(p_futures.values()))
         if watch.fired:  # the futures were cancelled because no worker was left: say that, not "cancelled"
             raise JobError(watch.message()) from None
         raise
     finally:
+        finishing.shutdown(wait=True, cancel_futures=True)  # no finish writes after the run is closed
         futures.clear()
         for f in p_futures.values():
             f.release()
