@@ -53,6 +53,26 @@ def test_garch_recursion_by_hand():
     np.testing.assert_allclose(s ** 2, h, rtol=1e-12)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 3000])
+def test_one_pole_filter_is_scipy_lfilter_bit_for_bit(n):
+    """The compiled recursion of the EWMA and GARCH variances gives lfilter's bits (same operations, same
+    order), on squared returns of every scale and on GARCH's ω + α r² input."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        x = rng.standard_t(3, n) ** 2 * rng.uniform(1e-8, 1e4)
+        a, y0 = rng.uniform(0.5, 0.9999), rng.uniform(0.0, 10.0)
+        for b in (1.0 - a, 1.0):
+            ref, _ = lfilter([b], [1.0, -a], x, zi=np.array([a * y0]))
+            assert np.array_equal(volfilter.one_pole(x, b, a, y0), ref)
+    r = rng.standard_normal(n) * 0.03
+    s0 = float(np.mean(r[:30] ** 2)) if n else 0.0
+    if n:
+        ref, _ = lfilter([1.0 - 0.97], [1.0, -0.97], r**2, zi=np.array([0.97 * s0]))
+        assert np.array_equal(volfilter.ewma_sigma(r, 0.97), np.sqrt(np.concatenate([[s0], ref])))
+
+
 def test_student_t_recovers_a_known_law():
     rng = np.random.default_rng(5)
     K, nu, n = 3, 4.5, 30_000
