@@ -132,6 +132,13 @@ def test_second_run_is_identical_and_reports_the_change(job, client2):
     assert f"vs run {a.run_id}" in format_summary(b)
 
 
+def test_embedded_scheduler_has_no_queue(client2):
+    """Every task goes to a worker when ready and each worker runs its tasks by the run's priorities; Dask's
+    default queue holds only root-ish tasks, so a worker's order depended on submission timing."""
+    sat = client2.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
+    assert sat == float("inf") and cluster.WORKER_SATURATION == "inf"
+
+
 def test_one_and_two_workers_identical(job, client2):
     two = _run(job, client2, chunk_size="auto")
     with open_client(workers=1) as c1:

@@ -45,6 +45,14 @@ def default_workers() -> int:
 
 #: the embedded cluster starts at most this many worker processes per CPU core
 MAX_WORKERS_PER_CORE = 4
+#: the embedded scheduler's ``distributed.scheduler.worker-saturation``: no scheduler-side queue, every task
+#: goes to a worker as soon as it is ready, each worker runs its tasks by the run's priorities, and work
+#: stealing evens the workers out. Dask's queue (the default, 1.1) only holds "root-ish" tasks, those of a task
+#: group larger than twice the threads at the moment they arrive: a run's first revaluations and a leg's
+#: first chunks went straight to a worker and the rest waited in the queue, so the order a worker ran them
+#: in depended on submission timing, not on priority (a 1-worker run computed the house model's chunks
+#: before the venue model's revaluations)
+WORKER_SATURATION = "inf"
 _warned: set = set()
 
 
@@ -234,7 +242,15 @@ def gpu_worker_specs(devices: list[str], threads_per_worker: int = 1) -> dict:
 
 
 def _local_cluster(n: int, threads_per_worker: int, gpu: bool, devices: list[str] | None):
-    """A started embedded cluster (see the module docstring); raises what the start raised."""
+    """A started embedded cluster (see the module docstring), its scheduler set to ``WORKER_SATURATION``;
+    raises what the start raised."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": WORKER_SATURATION}):
+        return _new_local_cluster(n, threads_per_worker, gpu, devices)
+
+
+def _new_local_cluster(n: int, threads_per_worker: int, gpu: bool, devices: list[str] | None):
     from distributed import LocalCluster
 
     common = dict(dashboard_address=":0", host="127.0.0.1", silence_logs=logging.ERROR)

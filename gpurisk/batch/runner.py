@@ -486,10 +486,12 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
     """Submit the revaluations and chunks, collect and checkpoint the chunks, finish each model when complete.
 
     On one host a leg's chunks are submitted once its P is revalued, with the revaluation's result (the file
-    every worker maps) as a plain argument: the chunks then depend on no task, so Dask's queue hands each to
-    the first worker with a free thread, largest first. (As dependents of the revaluation, Dask would run
-    them beside the worker that revalued P, its locality rule, which here buys nothing and left one of two
-    workers idle for seconds.) Across hosts P travels with Dask: the chunks depend on the revaluation's future.
+    every worker maps) as a plain argument: the chunks then depend on no task, so Dask gives each to the least
+    busy worker, each worker runs its tasks by priority (``_chunk_priority``: revaluations, then the smaller
+    model, the largest chunks first) and work stealing evens the workers out. (As dependents of the
+    revaluation, Dask would run them beside the worker that revalued P, its locality rule, which here buys
+    nothing and left one of two workers idle for seconds.) Across hosts P travels with Dask: the chunks depend
+    on the revaluation's future.
 
     A complete model is finished (``_finish_model``: finalize, write, coverage) on one background thread, in
     the order the models complete, so that this thread goes on handing out chunks meanwhile (a leg whose P
@@ -542,14 +544,16 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
     try:
         with run.stage("submit"):
             first, targets = _pnl_targets(run, models)
-            # the largest P first among the revaluations (they unblock the chunks)
-            by_size = sorted(first, key=lambda k: len(first[k][1].pricing) * first[k][1].scenarios.n_scenarios)
+            # the largest P first among the revaluations (they unblock the chunks), in submission order too:
+            # the first ones go straight to idle workers, before the queue orders the rest by priority
+            by_size = sorted(first, key=lambda k: len(first[k][1].pricing) * first[k][1].scenarios.n_scenarios,
+                             reverse=True)
             for i, pkey in enumerate(by_size):
                 name, leg = first[pkey]
                 p_futures[pkey] = client.submit(
                     tasks.revalue_pnl, leg.pricing, leg.scenarios, leg.numeraire, tb, targets[pkey],
                     key=f"revalue-{run.report.run_id}-{attempt}-{i}", pure=False, retries=run.job.retries,
-                    resources=res, priority=1000 + i)
+                    resources=res, priority=1000 + len(by_size) - i)
             if shared:
                 p_pending = {f: k for k, f in p_futures.items()}
                 pending = list(p_pending)
