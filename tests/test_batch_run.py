@@ -139,6 +139,29 @@ def test_embedded_scheduler_has_no_queue(client2):
     assert sat == float("inf") and cluster.WORKER_SATURATION == "inf"
 
 
+def test_run_level_tables_follow_the_job_order_not_the_finish_order(tmp_path):
+    """Models are finished as their chunks complete (the venue replicas may finish before the house model or
+    after): ``calls.parquet`` and the report's per-model tables are in the job's model order either way."""
+    from types import SimpleNamespace
+
+    from gpurisk.actions.lifecycle import COLUMNS
+    from gpurisk.batch.runner import RunReport, _in_job_order, _Stages, _write_calls
+
+    def calls(label):
+        return pd.DataFrame({c: [f"{label}-{c}"] for c in COLUMNS})
+
+    run = SimpleNamespace(calls={1: calls("venue"), 0: calls("house")}, run_dir=tmp_path, stage=_Stages(),
+                          report=SimpleNamespace(outputs={}))
+    _write_calls(run)
+    assert pd.read_parquet(tmp_path / "calls.parquet")["label"].tolist() == ["house-label", "venue-label"]
+    report = RunReport(job="j", run_id="r", run_dir=tmp_path, status="running", started="")
+    for label in ("venue", "house"):  # finish order
+        report.figures[label] = report.total_im[label] = report.calls[label] = report.coverage[label] = {}
+    _in_job_order(report, ["house", "venue"])
+    assert list(report.figures) == list(report.total_im) == list(report.calls) == list(report.coverage) == [
+        "house", "venue"]
+
+
 def test_one_and_two_workers_identical(job, client2):
     two = _run(job, client2, chunk_size="auto")
     with open_client(workers=1) as c1:

@@ -152,7 +152,7 @@ class _Run:
     market: Any = None  # the run's ``gpurisk.market.MarketStore``, resolved once in ``_open``
     action_alerts: list = field(default_factory=list)  # escalated calls (``actions.lifecycle``), raised at close
     reconcile_alerts: list = field(default_factory=list)  # the pre-run reconciliation's (``gpurisk.reconcile``)
-    calls: list = field(default_factory=list)  # each model label's lifecycle calls, written as ``calls.parquet``
+    calls: dict = field(default_factory=dict)  # model index -> its lifecycle calls, written as ``calls.parquet``
     previous_calls: Any = None  # the previous successful run's ``calls.parquet`` (read once), or None
 
 
@@ -596,6 +596,7 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
                         f.result()  # a failed finish fails the run now, not after the other models' compute
         for f in finishes:
             f.result()
+        _in_job_order(run.report, [m.label for m in models])
     except BaseException:
         client.cancel(list(futures) + list(p_futures.values()))
         if watch.fired:  # the futures were cancelled because no worker was left: say that, not "cancelled"
@@ -610,6 +611,14 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
             client.run(tasks.forget_pnl, on_error="return")
         for folder in scratch:
             pnl.remove(folder)
+
+
+def _in_job_order(report: RunReport, labels: list[str]) -> None:
+    """The report's per-model tables in the job's model order (models finish in whichever order their chunks
+    complete; the summary, the manifest and ``calls.parquet`` must not depend on it)."""
+    for name in ("figures", "total_im", "calls", "coverage", "results"):
+        d = getattr(report, name)
+        setattr(report, name, {k: d[k] for k in labels if k in d} | {k: v for k, v in d.items() if k not in labels})
 
 
 def _stats(m: _Model, leg_name: str) -> TailStats:
@@ -677,7 +686,7 @@ def _actions(run: _Run, m: _Model, res, stats) -> None:
     due = run.opts.call_due_hours
     params = lifecycle.LifecycleParams(due_hours=due) if due is not None else lifecycle.LifecycleParams()
     calls = lifecycle.update(res.margin, mine, m.label, run.report.as_of, params, rerun=rerun)
-    run.calls.append(calls)
+    run.calls[m.index] = calls
     res.summary["call_lifecycle"] = lifecycle.summarise(calls)
     base = {"job": run.job.name, "run_id": run.report.run_id, "time": manifest.utc_now().isoformat()}
     run.action_alerts.extend(lifecycle.escalation_alerts(calls, m.label, base))
@@ -710,7 +719,8 @@ def _write_calls(run: _Run) -> None:
 
     if not run.calls:
         return
-    table = pd.concat(run.calls, ignore_index=True) if len(run.calls) > 1 else run.calls[0]
+    parts = [run.calls[i] for i in sorted(run.calls)]  # in the job's model order, whichever finished first
+    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     with run.stage("write"):
         path = write_parquet(table[lifecycle.COLUMNS], run.run_dir / "calls.parquet")
         run.report.outputs["calls.parquet"] = sha256_file(path)
