@@ -544,8 +544,8 @@ def _compute(run: _Run, client, models: list[_Model], total: int, on_chunk, book
     try:
         with run.stage("submit"):
             first, targets = _pnl_targets(run, models)
-            # the largest P first among the revaluations (they unblock the chunks), in submission order too:
-            # the first ones go straight to idle workers, before the queue orders the rest by priority
+            # the largest P first among the revaluations (they unblock the chunks), by priority and in submission
+            # order: the first ones go to idle workers as they arrive
             by_size = sorted(first, key=lambda k: len(first[k][1].pricing) * first[k][1].scenarios.n_scenarios,
                              reverse=True)
             for i, pkey in enumerate(by_size):
