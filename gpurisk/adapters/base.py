@@ -313,6 +313,16 @@ def epoch_ms(times, default: int = 0) -> np.ndarray:
     return np.where(t.notna().to_numpy(), ns // 1_000_000, default).astype(np.int64)
 
 
+def key_text(rj: Rejector, df: pd.DataFrame, column: str) -> np.ndarray:
+    """The record key ``column`` as stripped text [n] (None where rejected); flags the records that are not
+    objects, and a missing or non-text key."""
+    rj.flag(df["_bad"].to_numpy(), column, "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
+    vals, miss, wrong = text(df[column])
+    rj.flag(miss, column, "missing_value")
+    rj.flag(wrong, column, "wrong_type")
+    return vals
+
+
 def check_number(rj: Rejector, column: str, vals, miss, wrong, *, required=True, positive=False) -> None:
     """The usual number checks: missing, wrong type, non-finite, and (``positive``) > 0."""
     if required:

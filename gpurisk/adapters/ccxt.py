@@ -37,7 +37,7 @@ import pandas as pd
 
 from . import symbols
 from .base import (PRIORITY_MARKET, PRIORITY_SPOT, AdapterError, Mapped, Rejector,
-                   check_number, ms_time, number, records_frame, source_name, text, utc)
+                   check_number, key_text, ms_time, number, records_frame, source_name, text, utc)
 
 
 #: per venue: contracts in the venue's size unit (Deribit), vols in percent, spot-wallet quote currency
@@ -108,10 +108,7 @@ def _markets(markets, source, m: Mapped) -> pd.DataFrame:
     recs = _listify(markets)
     df = records_frame(recs, ["symbol", "contractSize", "expiry", "info.ctMult"])
     rj = Rejector("ccxt.markets", df, source)
-    rj.flag(df["_bad"].to_numpy(), "symbol", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    sym, miss, wrong = text(df["symbol"])
-    rj.flag(miss, "symbol", "missing_value")
-    rj.flag(wrong, "symbol", "wrong_type")
+    sym = key_text(rj, df, "symbol")
     cs, cmiss, cwrong = number(df["contractSize"])
     check_number(rj, "contractSize", cs, cmiss, cwrong, required=False)
     rj.flag(np.isfinite(cs) & (cs <= 0), "contractSize", "non_positive")
@@ -154,10 +151,7 @@ def _positions(recs, source, venue, account, markets, m: Mapped) -> None:
     conv = conventions(venue)
     df = records_frame(_listify(recs), ["symbol", "contracts", "contractSize", "side", "markPrice", "timestamp"])
     rj = Rejector("ccxt.positions", df, source, account=account, venue=venue)
-    rj.flag(df["_bad"].to_numpy(), "symbol", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    sym, miss, wrong = text(df["symbol"])
-    rj.flag(miss, "symbol", "missing_value")
-    rj.flag(wrong, "symbol", "wrong_type")
+    sym = key_text(rj, df, "symbol")
     t = _terms(sym, venue, markets)
     rj.flag(~t["ok"].to_numpy(dtype=bool), "symbol", "unknown_symbol")
     rj.flag((t["kind"] == "spot").to_numpy(), "symbol", "unsupported_instrument")
@@ -207,10 +201,7 @@ def _greeks(recs, source, venue, markets, m: Mapped) -> None:
     df = records_frame(_listify(recs), ["symbol", "markImpliedVolatility", "underlyingPrice", "timestamp",
                                         "info.fwdPx", "info.underlying_price"])
     rj = Rejector("ccxt.greeks", df, source, venue=venue)
-    rj.flag(df["_bad"].to_numpy(), "symbol", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    sym, miss, wrong = text(df["symbol"])
-    rj.flag(miss, "symbol", "missing_value")
-    rj.flag(wrong, "symbol", "wrong_type")
+    sym = key_text(rj, df, "symbol")
     t = _terms(sym, venue, markets)
     rj.flag(~t["ok"].to_numpy(dtype=bool) | (t["kind"] != "option").to_numpy(), "symbol", "unknown_symbol")
     fwd, fmiss, fwrong = number(df["underlyingPrice"])
@@ -234,10 +225,7 @@ def _greeks(recs, source, venue, markets, m: Mapped) -> None:
 def _tickers(recs, source, venue, markets, m: Mapped) -> None:
     df = records_frame(_listify(recs), ["symbol", "markPrice", "indexPrice", "last", "close", "timestamp"])
     rj = Rejector("ccxt.tickers", df, source, venue=venue)
-    rj.flag(df["_bad"].to_numpy(), "symbol", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    sym, miss, wrong = text(df["symbol"])
-    rj.flag(miss, "symbol", "missing_value")
-    rj.flag(wrong, "symbol", "wrong_type")
+    sym = key_text(rj, df, "symbol")
     t = _terms(sym, venue, markets)
     rj.flag(~t["ok"].to_numpy(dtype=bool), "symbol", "unknown_symbol")
     mark, _, mwrong = number(df["markPrice"])

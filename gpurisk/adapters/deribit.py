@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from . import symbols
-from .base import (PRIORITY_MARKET, AdapterError, Mapped, Rejector, check_number, ms_time,
-                   epoch_ms, number, records, records_frame, source_name, text, utc)
+from .base import (PRIORITY_MARKET, AdapterError, Mapped, Rejector, check_number, epoch_ms, key_text,
+                   ms_time, number, records, records_frame, source_name, text, utc)
 
 VENUE = "deribit"
 #: USD per contract of coin-settled futures and perpetuals (Deribit contract specifications)
@@ -102,10 +102,7 @@ def _specs(records: list, source: str, m: Mapped) -> pd.DataFrame:
     """Instrument list -> {instrument_name: contract_size, expiry} rows (rejects for the bad ones)."""
     df = records_frame(records, _INSTRUMENT_COLS)
     rj = Rejector("deribit.instruments", df, source, venue=VENUE)
-    rj.flag(df["_bad"].to_numpy(), "instrument_name", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    name, miss, wrong = text(df["instrument_name"])
-    rj.flag(miss, "instrument_name", "missing_value")
-    rj.flag(wrong, "instrument_name", "wrong_type")
+    name = key_text(rj, df, "instrument_name")
     cs, miss, wrong = number(df["contract_size"])
     check_number(rj, "contract_size", cs, miss, wrong, positive=True)
     exp = ms_time(df["expiration_timestamp"])
@@ -144,10 +141,7 @@ def _instrument_rows(t: pd.DataFrame) -> pd.DataFrame:
 def _positions(records, source, account, specs, m: Mapped) -> None:
     df = records_frame(records, _POSITION_COLS)
     rj = Rejector("deribit.positions", df, source, account=account, venue=VENUE)
-    rj.flag(df["_bad"].to_numpy(), "instrument_name", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    name, miss, wrong = text(df["instrument_name"])
-    rj.flag(miss, "instrument_name", "missing_value")
-    rj.flag(wrong, "instrument_name", "wrong_type")
+    name = key_text(rj, df, "instrument_name")
     t = _terms(name, specs)
     rj.flag(~t["ok"].to_numpy(dtype=bool), "instrument_name", "unknown_symbol")
     rj.flag(~np.isfinite(t["contract_size"].to_numpy(dtype=float)), "instrument_name", "unknown_contract_size")
@@ -172,10 +166,7 @@ def _positions(records, source, account, specs, m: Mapped) -> None:
 def _tickers(records, source, specs, m: Mapped) -> None:
     df = records_frame(records, _TICKER_COLS)
     rj = Rejector("deribit.tickers", df, source, venue=VENUE)
-    rj.flag(df["_bad"].to_numpy(), "instrument_name", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    name, miss, wrong = text(df["instrument_name"])
-    rj.flag(miss, "instrument_name", "missing_value")
-    rj.flag(wrong, "instrument_name", "wrong_type")
+    name = key_text(rj, df, "instrument_name")
     t = _terms(name, specs)
     rj.flag(~t["ok"].to_numpy(dtype=bool), "instrument_name", "unknown_symbol")
     rj.flag(~np.isfinite(t["contract_size"].to_numpy(dtype=float)), "instrument_name", "unknown_contract_size")
@@ -207,10 +198,7 @@ def _tickers(records, source, specs, m: Mapped) -> None:
 def _summaries(records, source, account, m: Mapped) -> None:
     df = records_frame(records, _SUMMARY_COLS)
     rj = Rejector("deribit.account_summary", df, source, account=account, venue=VENUE)
-    rj.flag(df["_bad"].to_numpy(), "currency", "wrong_type", value=pd.Series(["(not an object)"] * len(df)))
-    ccy, miss, wrong = text(df["currency"])
-    rj.flag(miss, "currency", "missing_value")
-    rj.flag(wrong, "currency", "wrong_type")
+    ccy = key_text(rj, df, "currency")
     eq, miss, wrong = number(df["equity"])
     check_number(rj, "equity", eq, miss, wrong)
     rj.flag(eq == 0, "equity", "zero_balance")

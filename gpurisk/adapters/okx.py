@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import symbols
-from .base import (PRIORITY_MARKET, AdapterError, Mapped, Rejector, check_number, epoch_ms,
+from .base import (PRIORITY_MARKET, AdapterError, Mapped, Rejector, check_number, epoch_ms, key_text,
                    ms_time, number, records, records_frame, source_name, text, utc)
 
 VENUE = "okx"
@@ -86,22 +86,10 @@ def split(doc, source) -> dict[str, list]:
     return {kind: recs}
 
 
-def _not_object(df: pd.DataFrame) -> pd.Series:
-    return pd.Series(["(not an object)"] * len(df))
-
-
-def _ids(rj: Rejector, df: pd.DataFrame):
-    rj.flag(df["_bad"].to_numpy(), "instId", "wrong_type", value=_not_object(df))
-    ids, miss, wrong = text(df["instId"])
-    rj.flag(miss, "instId", "missing_value")
-    rj.flag(wrong, "instId", "wrong_type")
-    return ids
-
-
 def _specs(recs, source, m: Mapped) -> pd.DataFrame:
     df = records_frame(recs, _INSTRUMENT_COLS)
     rj = Rejector("okx.instruments", df, source, venue=VENUE)
-    ids = _ids(rj, df)
+    ids = key_text(rj, df, "instId")
     val, miss, wrong = number(df["ctVal"])
     mult, mmiss, mwrong = number(df["ctMult"])
     spot = (pd.Series(text(df["instType"])[0], dtype=object) == "SPOT").to_numpy()
@@ -142,7 +130,7 @@ def _instrument_rows(t: pd.DataFrame) -> pd.DataFrame:
 def _positions(recs, source, account, specs, m: Mapped) -> None:
     df = records_frame(recs, _POSITION_COLS)
     rj = Rejector("okx.positions", df, source, account=account, venue=VENUE)
-    ids = _ids(rj, df)
+    ids = key_text(rj, df, "instId")
     itype = pd.Series(text(df["instType"])[0], dtype=object)
     rj.flag((itype == "MARGIN").to_numpy(), "instType", "unsupported_instrument")
     t = _terms(ids, specs)
@@ -171,7 +159,7 @@ def _positions(recs, source, account, specs, m: Mapped) -> None:
 def _option_summary(recs, source, specs, m: Mapped) -> None:
     df = records_frame(recs, _SUMMARY_COLS)
     rj = Rejector("okx.opt_summary", df, source, venue=VENUE)
-    ids = _ids(rj, df)
+    ids = key_text(rj, df, "instId")
     t = _terms(ids, specs)
     rj.flag(~t["ok"].to_numpy(dtype=bool) | (t["kind"] != "option").to_numpy(), "instId", "unknown_symbol")
     rj.flag(~np.isfinite(t["contract_size"].to_numpy(dtype=float)), "instId", "unknown_contract_size")
@@ -191,7 +179,7 @@ def _option_summary(recs, source, specs, m: Mapped) -> None:
 def _mark_prices(recs, source, specs, m: Mapped) -> None:
     df = records_frame(recs, _MARK_COLS)
     rj = Rejector("okx.mark_price", df, source, venue=VENUE)
-    ids = _ids(rj, df)
+    ids = key_text(rj, df, "instId")
     t = _terms(ids, specs)
     rj.flag(~t["ok"].to_numpy(dtype=bool) | (t["kind"] == "option").to_numpy(), "instId", "unknown_symbol")
     rj.flag(~np.isfinite(t["contract_size"].to_numpy(dtype=float)), "instId", "unknown_contract_size")
@@ -209,7 +197,7 @@ def _mark_prices(recs, source, specs, m: Mapped) -> None:
 def _index_tickers(recs, source, m: Mapped) -> None:
     df = records_frame(recs, _INDEX_COLS)
     rj = Rejector("okx.index_tickers", df, source, venue=VENUE)
-    ids = _ids(rj, df)
+    ids = key_text(rj, df, "instId")
     base = pd.Series(ids, dtype=object).str.extract(r"^([A-Z0-9]+)-[A-Z0-9]+$")[0]
     rj.flag(base.isna().to_numpy(), "instId", "unknown_symbol")
     px, miss, wrong = number(df["idxPx"])
@@ -223,10 +211,7 @@ def _index_tickers(recs, source, m: Mapped) -> None:
 def _balance(recs, source, account, m: Mapped) -> None:
     df = records_frame(recs, _BALANCE_COLS)
     rj = Rejector("okx.balance", df, source, account=account, venue=VENUE)
-    rj.flag(df["_bad"].to_numpy(), "ccy", "wrong_type", value=_not_object(df))
-    ccy, miss, wrong = text(df["ccy"])
-    rj.flag(miss, "ccy", "missing_value")
-    rj.flag(wrong, "ccy", "wrong_type")
+    ccy = key_text(rj, df, "ccy")
     eq, miss, wrong = number(df["eq"])
     check_number(rj, "eq", eq, miss, wrong)
     rj.flag(eq == 0, "eq", "zero_balance")
