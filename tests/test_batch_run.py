@@ -593,14 +593,12 @@ def test_chunk_priorities_put_the_smaller_model_and_the_larger_chunks_first():
     the largest chunk first; every chunk below every revaluation (priority 1000 and above)."""
     from types import SimpleNamespace
 
+    from gpurisk.batch.chunks import chunk_work
     from gpurisk.batch.runner import _chunk_priority
 
-    def model(label, sizes, n_scenarios):
-        indptr = np.concatenate([[0], np.cumsum(sizes)])
-        leg = SimpleNamespace(portfolios=SimpleNamespace(indptr=indptr), scenarios=SimpleNamespace(n_scenarios=n_scenarios))
-        todo = [("leg", j, j, j + 1) for j in range(len(sizes))]
-        work = float(np.sum(sizes)) * n_scenarios
-        return SimpleNamespace(label=label, plan=SimpleNamespace(legs={"leg": leg}), todo=todo, work=work)
+    def model(label, sizes, n_scenarios):  # one leg, one portfolio per chunk, work as _plan_chunks estimates it
+        return SimpleNamespace(label=label, work={("leg", j): float(chunk_work(np.array([0, k]), n_scenarios).sum())
+                                                  for j, k in enumerate(sizes)})
 
     big, small = model("big", [5, 50, 20], 1000), model("small", [1, 3], 10)
     pr = _chunk_priority([big, small])

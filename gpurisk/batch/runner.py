@@ -170,7 +170,7 @@ class _Model:
     stats: dict = field(default_factory=dict)  # (leg, j) -> TailStats
     todo: list = field(default_factory=list)  # [(leg, j, start, stop)] still to compute
     meta: dict = field(default_factory=dict)  # (leg, j) -> chunk metadata
-    work: float = 0.0  # estimated work of the chunks to compute (chunks.chunk_work units)
+    work: dict = field(default_factory=dict)  # (leg, j) -> estimated work of each chunk to compute (chunks.chunk_work units)
     outstanding: int = 0
     result: Any = None
     attributed: frozenset = frozenset()  # legs whose chunks also return the Euler marginals
@@ -429,7 +429,8 @@ def _plan_chunks(run: _Run, models: list[_Model]) -> int:
                     m.meta[(leg_name, j)] = {**saved[1], "resumed": True}
                 else:
                     m.todo.append((leg_name, j, a, b))
-                    m.work += float(chunks.chunk_work(leg.portfolios.indptr[a:b + 1], leg.scenarios.n_scenarios).sum())
+                    m.work[(leg_name, j)] = float(
+                        chunks.chunk_work(leg.portfolios.indptr[a:b + 1], leg.scenarios.n_scenarios).sum())
             total += len(bounds)
         m.outstanding = len(m.todo)
     manifest.write_manifest(run.run_dir, run.man)
@@ -471,14 +472,11 @@ def _chunk_priority(models: list[_Model]) -> dict:
     the last chunks to run are the short ones, so the workers finish together). Every chunk ranks below every
     revaluation (priority 1000 and above), which unblocks chunks.
     """
-    rank = {m.label: r for r, m in enumerate(sorted(models, key=lambda m: m.work, reverse=True))}
+    rank = {m.label: r for r, m in enumerate(sorted(models, key=lambda m: sum(m.work.values()), reverse=True))}
     out = {}
     for m in models:
-        work = {(leg_name, j): float(chunks.chunk_work(m.plan.legs[leg_name].portfolios.indptr[a:b + 1],
-                                                       m.plan.legs[leg_name].scenarios.n_scenarios).sum())
-                for leg_name, j, a, b in m.todo}
-        top = max(work.values(), default=0.0) + 1.0
-        out.update({(m.label,) + k: rank[m.label] + w / top for k, w in work.items()})
+        top = max(m.work.values(), default=0.0) + 1.0
+        out.update({(m.label,) + k: rank[m.label] + w / top for k, w in m.work.items()})
     return out
 
 
