@@ -170,7 +170,7 @@ class _Model:
     stats: dict = field(default_factory=dict)  # (leg, j) -> TailStats
     todo: list = field(default_factory=list)  # [(leg, j, start, stop)] still to compute
     meta: dict = field(default_factory=dict)  # (leg, j) -> chunk metadata
-    work: dict = field(default_factory=dict)  # (leg, j) -> estimated work of each chunk to compute (chunks.chunk_work units)
+    work: dict = field(default_factory=dict)  # (leg, j) -> estimated work of a chunk to compute (chunks.chunk_work)
     outstanding: int = 0
     result: Any = None
     attributed: frozenset = frozenset()  # legs whose chunks also return the Euler marginals
