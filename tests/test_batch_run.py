@@ -570,7 +570,8 @@ def _tail_dependencies(job, client, monkeypatch=None, multi_host=False):
         if multi_host:
             monkeypatch.setattr(cluster, "workers_of", lambda c: cluster.Workers(2, 0, False))
         rep = _run(job, client)
-        return rep, client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.plugins[_TailDependencies.name].seen))
+        seen = client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.plugins[_TailDependencies.name].seen))
+        return rep, seen
     finally:
         client.unregister_scheduler_plugin(_TailDependencies.name)
 
