@@ -610,14 +610,28 @@ def test_chunk_priorities_put_the_smaller_model_and_the_larger_chunks_first():
 
 
 def test_new_run_dir_never_reuses_a_folder(tmp_path, monkeypatch):
-    """Runs of the same inputs started in the same second get -2, -3, ... folders, each made once."""
+    """Runs of the same inputs started in the same millisecond get -2, -3, ... folders, each made once."""
     import datetime as dt
 
     from gpurisk.batch import manifest
 
     monkeypatch.setattr(manifest, "utc_now", lambda: dt.datetime(2026, 11, 29, 8, 0, 0, tzinfo=dt.timezone.utc))
     made = [manifest.new_run_dir(tmp_path, "ab" * 32) for _ in range(3)]
-    base = "20261129T080000Z-abababab"
+    base = "20261129T080000.000Z-abababab"
     assert [r for r, _ in made] == [base, f"{base}-2", f"{base}-3"]
     assert [d for _, d in made] == [tmp_path / base, tmp_path / f"{base}-2", tmp_path / f"{base}-3"]
     assert all(d.is_dir() for _, d in made)
+
+
+def test_run_ids_sort_by_start_time_within_a_second():
+    """Two runs of one second with different inputs: the later one sorts last, whatever the hashes
+    (the latest run is found by name)."""
+    import datetime as dt
+
+    from gpurisk.batch import manifest
+
+    t0 = dt.datetime(2026, 11, 29, 19, 21, 53, 100_000, tzinfo=dt.timezone.utc)
+    first = manifest.new_run_id("ff" * 32, t0)
+    second = manifest.new_run_id("00" * 32, t0 + dt.timedelta(milliseconds=5))
+    assert first == "20261129T192153.100Z-ffffffff"
+    assert sorted([second, first]) == [first, second]

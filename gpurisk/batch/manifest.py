@@ -25,9 +25,10 @@ def utc_now() -> _dt.datetime:
 
 
 def new_run_id(input_hash: str, now: _dt.datetime | None = None) -> str:
-    """``YYYYmmddTHHMMSSZ-<first 8 hex of the input hash>``: sortable by start time."""
+    """``YYYYmmddTHHMMSS.fffZ-<first 8 hex of the input hash>``: sortable by start time to the millisecond
+    (to the second alone, two runs of one second sorted by their hashes, and "the latest run" was a guess)."""
     now = now or utc_now()
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{input_hash[:8]}"
+    return f"{now.strftime('%Y%m%dT%H%M%S')}.{now.microsecond // 1000:03d}Z-{input_hash[:8]}"
 
 
 def new_run_dir(out: Path, input_hash: str) -> tuple[str, Path]:
