@@ -40,6 +40,46 @@ def test_spill_shape_holds_every_scenario_within_the_scratch_bound():
         assert grid == 1 or grid * (12 * cap + (0 if y_sh else 4 * n_s)) <= gpu_mod.SCRATCH_BYTES
 
 
+def test_the_first_call_of_a_process_builds_its_device_without_deadlock(monkeypatch):
+    """``gpu.revalue`` / ``tail_stats`` as a process's first call (no ``available()`` before): building the
+    device compiles the tail kernel, which takes the module lock, so the device table needs a lock of its
+    own (it once shared that non-reentrant lock, and the call hung for good on an H200). CuPy is stood in
+    for by a minimal module here (no GPU), so that the locking path itself runs."""
+    import threading
+    from types import SimpleNamespace
+
+    class _Fn:
+        shared_size_bytes = 8 * 1024
+        max_dynamic_shared_size_bytes = 0
+
+    class _Module:
+        def __init__(self, code, options):
+            assert "--fmad=false" in options and "tail_stats" in code or "revalue" in code
+
+        def get_function(self, name):
+            return _Fn()
+
+    class _Device:
+        id = 0
+        attributes = {"MultiProcessorCount": 132, "MaxSharedMemoryPerBlockOptin": 227 * 1024}
+
+        def __init__(self, i=None):
+            pass
+
+    stand_in = SimpleNamespace(RawModule=_Module, cuda=SimpleNamespace(Device=_Device))
+    monkeypatch.setattr(gpu_mod, "_cupy", lambda: stand_in)
+    monkeypatch.setattr(gpu_mod, "_devices", {})
+    monkeypatch.setattr(gpu_mod, "_kernels", {})
+    monkeypatch.setattr(gpu_mod, "_modules", {})
+    got = []
+    t = threading.Thread(target=lambda: got.append(gpu_mod._device()), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "building the first device deadlocked"
+    assert got[0].sm_count == 132 and got[0].smem_budget == 227 * 1024 - 8 * 1024
+    assert gpu_mod._device() is got[0]  # built once per device
+
+
 def test_weighted_first_guess_is_within_the_safe_bound():
     S = 10_000
     w = 0.97 ** np.arange(S)[::-1]  # EWMA: the safe bound is nearly every scenario
@@ -154,12 +194,14 @@ def test_revalue_keeps_its_device_copy_for_tail_stats(gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("S", [9001, 40_001], ids=["losses-in-shared", "losses-in-global-rows"])
-def test_large_s_paths(gpu, S):
-    """9,001 screened losses fit the opted-in shared memory; 40,001 go to per-block global rows."""
+@pytest.mark.parametrize("where", ["shared", "global-rows"], ids=["losses-in-shared", "losses-in-global-rows"])
+def test_large_s_paths(gpu, where):
+    """9,001 screened losses fit the opted-in shared memory; one more than this device's shared budget
+    holds (at least 40,001; an H200 holds about 57,000) go to per-block global rows."""
     dev = gpu._device()
+    S = 9001 if where == "shared" else max(40_001, (dev.smem_budget - 12 * 256) // 4 + 1) | 1
     y_sh = gpu.launch_shape(40, S, 200, dev.sm_count, dev.smem_budget)[2]
-    assert y_sh == (S == 9001)
+    assert y_sh == (where == "shared")
     pi, sc, pf = _case(S=S, n_port=40)
     P = ref.revalue(pi, sc, "usd")
     for spec in (MeasureSpec((0.99, 0.999)), MeasureSpec((0.99,), weight=np.linspace(1.0, 2.0, S))):
@@ -167,6 +209,23 @@ def test_large_s_paths(gpu, S):
         np.testing.assert_allclose(got.var, want.var, rtol=1e-9, atol=1e-12 * np.abs(want.var).max())
         np.testing.assert_allclose(got.es, want.es, rtol=1e-9, atol=1e-12 * np.abs(want.es).max())
         np.testing.assert_array_equal(got.worst_scenario, want.worst_scenario)
+
+
+@pytest.mark.gpu
+def test_revalue_as_the_first_call_of_a_fresh_process():
+    """A fresh process whose first GPU call is ``gpu.revalue`` (the benchmarks' workers): it returns."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("cupy")
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_gpu import _case; from gpurisk.backends import gpu; "
+            "pi, sc, pf = _case(S=64, n_port=8); P = gpu.revalue(pi, sc, 'usd'); print(P.shape)")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("(120, 64)")
 
 
 @pytest.mark.gpu
