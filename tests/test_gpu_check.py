@@ -27,7 +27,7 @@ def test_gpu_check_dry_runs_every_step_and_writes_its_report(tmp_path):
     doc = json.loads((out / "gpu_check.json").read_text())
     assert doc["ok"] and doc["dry"]
     steps = doc["steps"]
-    assert list(steps) == ["install", "device", "tests", "sanitize", "parity and speed"]
+    assert list(steps) == ["install", "device", "tests", "parity and speed", "sanitize"]
     assert steps["install"]["skipped"] == "--dry"
     assert steps["device"]["emulator"][0] is True
     assert " passed" in steps["tests"]["summary"] and " failed" not in steps["tests"]["summary"]
@@ -47,3 +47,37 @@ def test_gpu_check_fails_when_a_step_fails(tmp_path):
     assert proc.returncode == 1
     doc = json.loads((out / "gpu_check.json").read_text())
     assert not doc["ok"] and all("out of time" in s.get("skipped", "") for s in doc["steps"].values())
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_mod", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_tests_are_collected_from_the_files_that_mark_them():
+    """The device step runs ``pytest -m gpu`` on exactly the files holding GPU-marked tests (so a GPU machine
+    needs no Dask or service extras to collect them)."""
+    mod = _gpu_check_module()
+    files = mod.gpu_test_files()
+    assert {"tests/test_gpu.py", "tests/test_backends_parity.py", "tests/test_attribution_kernels.py"} <= set(files)
+    assert "tests/test_gpu_check.py" not in files and "tests/test_batch_run.py" not in files
+
+
+def test_the_report_table_names_a_measure_that_failed():
+    """A spec that raised on the device is a row with its error and no timing, and the check is not ok."""
+    mod = _gpu_check_module()
+    doc = {"date_utc": "2026-11-29T00:00:00Z", "command": "python benchmarks/gpu_check.py", "dry": False,
+           "machine": {"host": "h", "gpu": "NVIDIA H200"}, "seconds": 1.0, "ok": False,
+           "steps": {"parity and speed": {"ok": False, "seconds": 1.0, "books": [
+               {"accounts": 10, "positions_per_account": 2, "scenarios": 100, "specs": {
+                   "es99": {"tail_stats_s": 0.5, "position_scenarios_per_s": 4000.0, "sampled": 10,
+                            "mismatches": [], "launch": {"spilled": 1234}},
+                   "ewma": {"sampled": 10, "mismatches": ["GpuLimitError: too many candidates"]}}}]}}}
+    md = mod.markdown(doc)
+    assert "| 10 × 2 × 100 | es99 | 0.500 | 4e+03 | 1,234 | all (10) |" in md
+    assert "| 10 × 2 × 100 | ewma | — | — | — | GpuLimitError: too many candidates (10) |" in md
+    assert "**FAILED**" in md
