@@ -81,3 +81,25 @@ def test_the_report_table_names_a_measure_that_failed():
     assert "| 10 × 2 × 100 | es99 | 0.500 | 4e+03 | 1,234 | all (10) |" in md
     assert "| 10 × 2 × 100 | ewma | — | — | — | GpuLimitError: too many candidates (10) |" in md
     assert "**FAILED**" in md
+
+
+def test_a_books_worker_out_of_time_keeps_the_measurements_it_finished(tmp_path, monkeypatch):
+    """The worker rewrites its results after each measurement; a timed-out step reports those (marked
+    partial, and failed) instead of nothing."""
+    from types import SimpleNamespace
+
+    mod = _gpu_check_module()
+    done = {"books": [{"accounts": 100_000, "positions_per_account": 10, "scenarios": 10_000, "specs": {
+        "es99": {"tail_stats_s": 0.07, "position_scenarios_per_s": 1.4e11, "sampled": 2000, "mismatches": []}}}]}
+
+    def timed_out(cmd, timeout, env=None):
+        mod._write(tmp_path / mod.PARTIAL_BOOKS, json.dumps(done))
+        return 124, "# 1,000,000 accounts: built\n(timed out after 60 s)", 60.0
+
+    monkeypatch.setattr(mod, "_run", timed_out)
+    got = mod.step_books(SimpleNamespace(build_dir=tmp_path, dry=False), 400.0)
+    assert not got["ok"] and got["partial"] and got["books"] == done["books"]
+    assert "timed out" in got["output"]
+    md = mod.markdown({"date_utc": "d", "command": "c", "dry": False, "machine": {"host": "h", "gpu": "g"},
+                       "seconds": 1.0, "ok": False, "steps": {"parity and speed": got}})
+    assert "| 100,000 × 10 × 10,000 | es99 | 0.070 |" in md and "| parity and speed | FAILED | 60.0 | partial:" in md
