@@ -434,3 +434,23 @@ def test_the_emulator_exposes_races_and_divergent_barriers(emu_dir, tmp_path):
     out = (ctypes.c_int * 64)()
     err = dll.run(1, out, 0)
     assert b"cannot proceed" in err and b"__syncthreads" in err
+
+
+def test_weighted_first_launch_holds_the_first_growth_in_shared_memory(emu_dir):
+    """EWMA(0.97) ES99 at S = 10,000 with an H200's shared budget: the first launch's buffer holds the first
+    fourfold growth of the candidate count, so no portfolio goes to the global-buffer launch (sized for the
+    first guess alone, 10 of these 60 did), and the results are the reference's."""
+    from gpurisk.backends import cuda_emu
+
+    dev = cuda_emu.device(emu_dir, seed=0, sm_count=2)
+    dev.smem_budget = 224 * 1024
+    pi, sc, pf = _case(S=10_000, n_port=60)
+    P = ref.revalue(pi, sc, "usd")
+    spec = MeasureSpec((0.99,), weight=0.97 ** np.arange(10_000)[::-1])
+    got, want = gpu_mod.tail_stats(pf, P, spec, device=dev), ref.tail_stats(pf, P, spec)
+    m_first = gpu_mod.weighted_first_guess(spec, 10_000, tail_candidates(spec, 10_000)[1])
+    assert gpu_mod.last_tail_launch["spilled"] == 0
+    assert gpu_mod.last_tail_launch["cand_cap"] >= 2 * 4 * m_first + 64
+    np.testing.assert_allclose(got.es, want.es, rtol=1e-9, atol=1e-12 * np.abs(want.es).max())
+    np.testing.assert_allclose(got.var, want.var, rtol=1e-9, atol=1e-12 * np.abs(want.var).max())
+    np.testing.assert_array_equal(got.worst_scenario, want.worst_scenario)
