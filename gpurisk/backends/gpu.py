@@ -548,8 +548,8 @@ def tail_stats(portfolios, P, spec: MeasureSpec, *, device=None, attribution: bo
 
     # A weighted tail grows m fourfold while a level's weight is not reached. The shared buffer is sized for
     # that first growth too (else every portfolio that needs it goes to the global-buffer launch: 46% of
-    # the portfolios of an EWMA(0.97) ES99 on the synthetic book at S = 10,000), as long as two blocks
-    # still fit one multiprocessor's shared memory.
+    # the portfolios of an EWMA(0.97) ES99 on the synthetic book at S = 10,000), as long as that takes at most
+    # half of a block's shared-memory budget (so that about two blocks still fit one multiprocessor).
     m_shape = m_first
     if weighted:
         grown = min(m_safe, 4 * m_first)
