@@ -118,3 +118,21 @@ def test_validate_flags_venues_no_methodology_covers(tmp_path, capsys):
     import json
 
     assert json.loads((out / "summary.json").read_text())["uncovered_venues"] == ["kraken"]
+
+
+def test_standard_frame_labels_are_text_with_or_without_rows(tmp_path):
+    """An empty margin table (a replica with nothing to margin) has the same label dtypes as a full one, so
+    its Parquet schema types ``account_id`` as a string, not as null (hypothesis once found a venue
+    replica's empty table failing a comparison on exactly that)."""
+    import pyarrow.parquet as pq
+
+    from gpurisk.margin.output import write_result
+
+    full = standard_frame(["a", "b"], "x", "m", "USD", [1.0, 2.0], [0.8, 1.6], [5.0, 1.0])
+    empty = standard_frame([], [], "m", "USD", [], [], [])
+    labels = ["account_id", "venue", "model", "currency", "status"]
+    assert len(empty) == 0 and list(empty.dtypes[labels]) == list(full.dtypes[labels])
+    assert all(pd.api.types.is_string_dtype(full[c].dtype) for c in labels)
+    res = MarginResult("m", {"margin": empty}, {"model": "m"})
+    write_result(res, tmp_path)
+    assert str(pq.read_schema(tmp_path / "margin.parquet").field("account_id").type) in ("string", "large_string")

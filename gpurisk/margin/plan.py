@@ -173,11 +173,15 @@ def standard_frame(account_id, venue, model: str, currency, im, mm, equity, usd_
     conv = np.broadcast_to(np.asarray(usd_per_unit, dtype=np.float64), im.shape)
     status, amount = _calls.classify(im, mm, eq, call_params)
     n = len(im)
+
+    def labels(values):  # text labels: the same dtype with or without rows (an empty object column has none)
+        return pd.Series(np.broadcast_to(np.asarray(values, dtype=object), (n,)), dtype="str")
+
     return pd.DataFrame({
-        "account_id": np.asarray(account_id, dtype=object),
-        "venue": np.broadcast_to(np.asarray(venue, dtype=object), (n,)),
-        "model": model,
-        "currency": np.broadcast_to(np.asarray(currency, dtype=object), (n,)),
+        "account_id": labels(account_id),
+        "venue": labels(venue),
+        "model": labels(model),
+        "currency": labels(currency),
         "im": im,
         "mm": mm,
         "equity": eq,
@@ -186,7 +190,7 @@ def standard_frame(account_id, venue, model: str, currency, im, mm, equity, usd_
         "mm_usd": mm * conv,
         "equity_usd": eq * conv,
         "excess_usd": (eq - im) * conv,
-        "status": status,
+        "status": labels(status),
         "call_amount_usd": amount * conv,
     })
 
