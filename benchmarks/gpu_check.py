@@ -174,6 +174,7 @@ def worker_books(dry: bool, build_dir: Path) -> dict:
     how far it got)."""
     from gpurisk.backends import gpu
     from gpurisk.backends import reference as ref
+    from gpurisk.margin.replica import take_rows
 
     import synthetic
 
@@ -191,7 +192,7 @@ def worker_books(dry: bool, build_dir: Path) -> dict:
         rows = np.sort(rng.choice(n_acc, size=min(SAMPLE, n_acc), replace=False))
         books.append({"accounts": n_acc, "positions_per_account": k, "scenarios": n_s, "instruments": n_ins,
                       "build_s": build_s, "revalue_s": revalue_s, "specs": {},
-                      "_data": (pf, P, rows, _take(pf, rows))})
+                      "_data": (pf, P, rows, take_rows(pf, rows))})
         _progress(f"{n_acc:,} accounts: built in {build_s:.1f} s, revalued in {revalue_s:.3f} s")
     for name in SPEEDS:
         for book in books:
@@ -245,15 +246,6 @@ def _measure(gpu, ref, dev, pf, P, sample, rows, spec, dry: bool, work: int) -> 
     best = min(times)
     return {"tail_stats_s": best, "all_s": times, "warmup_s": warm_s, "reference_s": ref_s, "launch": launch,
             "sampled": len(rows), "mismatches": _close(sub, want), "position_scenarios_per_s": work / best}
-
-
-def _take(pf, rows):
-    from gpurisk.book import Portfolios
-
-    counts = pf.indptr[rows + 1] - pf.indptr[rows]
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    take = np.repeat(pf.indptr[rows] - ptr[:-1], counts) + np.arange(int(ptr[-1]))
-    return Portfolios(ptr, pf.instrument_idx[take], pf.quantity[take], pf.account_idx[rows])
 
 
 WORKERS = {"small": worker_small, "books": worker_books}
