@@ -8,6 +8,11 @@ of N workers over that of 1. The baseline is the same models run in-process with
 ``gpurisk.margin.compute`` (no Dask, no chunking, no files), in the same session. Dask's own
 overhead per task is the round trip of ``--empty-tasks`` empty tasks.
 
+Each timed run also records its CPU seconds (user + system): the client process's (with the embedded
+cluster, the scheduler and the nannies run there too) and the workers' sum. Their total over the
+machine's cores is a floor no scheduling can beat on this machine; ``speedup_bound_vs_1`` is the
+1-worker time over the N-worker floor (``docs/benchmarks.md``, "Why 2 workers do not reach 1.7×").
+
 ``--cli`` also times the whole ``gpurisk run JOB`` command (a new process: imports, cluster
 start, the run, the summary) with warm caches, the fastest of ``--repeat`` after one warm-up.
 
@@ -24,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +47,20 @@ def empty_task_overhead(client, n: int = 500) -> float:
     t = time.perf_counter()
     client.gather(client.map(noop, range(n), pure=False))
     return (time.perf_counter() - t) / n
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of the calling process so far (run on the client and on every worker)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_run(run_job, job, opts, client):
+    """(RunReport, {client_cpu_s, workers_cpu_s}) of one run on ``client``: its report and the CPU it used."""
+    c0, w0 = cpu_seconds(), client.run(cpu_seconds)
+    rep = run_job(job, opts, client=client)
+    c1, w1 = cpu_seconds(), client.run(cpu_seconds)
+    return rep, {"client_cpu_s": c1 - c0, "workers_cpu_s": sum(v - w0.get(k, 0.0) for k, v in w1.items())}
 
 
 def _spin(n: int = 5_000_000) -> float:
@@ -124,7 +144,8 @@ def main(argv=None) -> int:
             start_s = time.perf_counter() - t
             opts = RunOptions(out=out, backend=backend, progress=False)
             run_job(job, opts, client=client)  # warm-up (sample cache, Numba's cache loaded on the workers)
-            rep = min((run_job(job, opts, client=client) for _ in range(args.repeat)), key=lambda r: r.duration_s)
+            rep, cpu = min((timed_run(run_job, job, opts, client) for _ in range(args.repeat)),
+                           key=lambda r: r[0].duration_s)
             per_empty = empty_task_overhead(client, args.empty_tasks)
         c = rep.counts
         rows.append({
@@ -139,12 +160,15 @@ def main(argv=None) -> int:
             "revalue_s": c.get("revalue_s", 0.0),
             "task_compute_s": c.get("task_compute_s", 0.0),
             "empty_task_s": per_empty,
+            **cpu,
+            "cpu_floor_s": (cpu["client_cpu_s"] + cpu["workers_cpu_s"]) / (os.cpu_count() or 1),
             "stages": rep.timings,
             "backend": rep.backend,
         })
     one = next((r for r in rows if r["workers"] == 1), None)
     for r in rows:
         r["speedup_vs_1"] = (r["accounts_per_s"] / one["accounts_per_s"]) if one else None
+        r["speedup_bound_vs_1"] = (one["end_to_end_s"] / r["cpu_floor_s"]) if one else None
     base = min((baseline(job, out, backend) for _ in range(args.repeat)), key=lambda b: b["wall_s"])
     parallel = {n: machine_parallelism(n) for n in args.workers if n > 1}
     cli = None
@@ -172,15 +196,18 @@ def main(argv=None) -> int:
     print(json.dumps(doc, indent=2))
     print()
     print("| workers | accounts | tasks | cluster start s | submission to outputs s | accounts/s | speed-up vs 1 "
-          "| compute wall s | Σ revalue s | Σ tail-task s | empty task ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| compute wall s | Σ revalue s | Σ tail-task s | empty task ms | client CPU s | workers CPU s "
+          "| CPU floor s | speed-up bound |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = "-" if r["speedup_vs_1"] is None else f"{r['speedup_vs_1']:.2f}x"
         print(f"| {r['workers']} | {r['accounts']:,} | {r['chunks'] + r['pnl_matrices']} | {r['cluster_start_s']:.2f} "
               f"| {r['end_to_end_s']:.2f} | {r['accounts_per_s']:,.0f} | {sp} | {r['compute_wall_s']:.2f} "
-              f"| {r['revalue_s']:.2f} | {r['task_compute_s']:.2f} | {1e3 * r['empty_task_s']:.2f} |")
+              f"| {r['revalue_s']:.2f} | {r['task_compute_s']:.2f} | {1e3 * r['empty_task_s']:.2f} "
+              f"| {r['client_cpu_s']:.2f} | {r['workers_cpu_s']:.2f} | {r['cpu_floor_s']:.2f} "
+              f"| {'-' if r['speedup_bound_vs_1'] is None else format(r['speedup_bound_vs_1'], '.2f') + 'x'} |")
     print(f"| in-process (no Dask) | {base['accounts']:,} | - | - | {base['wall_s']:.2f} (compute only) | "
-          f"{base['accounts'] / base['wall_s']:,.0f} | - | - | - | - | - |")
+          f"{base['accounts'] / base['wall_s']:,.0f} | - | - | - | - | - | - | - | - | - |")
     for n, sp in parallel.items():
         print(f"\nmachine check: {n} CPU-bound processes run {sp:.2f}x as fast as one (ideal {n}x)")
     if cli:
