@@ -131,7 +131,8 @@ def entry() -> None:
     done: the ``atexit`` handlers run (logging's flush among them), stdout and stderr are flushed, then the
     process ends. Every output is written and closed by then (the project's writer is atomic), and the
     embedded cluster is closed inside ``main``. A non-daemon thread still running means work in flight:
-    then the normal exit waits for it. After a stop signal the process ends the same way: a runtime stopped
+    then the normal exit waits for it. After a stop signal the process ends at once (logging flushed, no
+    ``atexit`` handlers), whatever is running: a runtime stopped
     mid-work (XLA's compiler threads, a cluster's I/O loop) can crash a normal teardown (SIGSEGV, seen
     about one SIGTERM in three), which would turn exit 143 into -11."""
     import atexit
