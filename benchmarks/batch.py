@@ -55,8 +55,10 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed_run(run_job, job, opts, client):
+def timed_run(job, opts, client):
     """(RunReport, {client_cpu_s, workers_cpu_s}) of one run on ``client``: its report and the CPU it used."""
+    from gpurisk.batch import run_job
+
     c0, w0 = cpu_seconds(), client.run(cpu_seconds)
     rep = run_job(job, opts, client=client)
     c1, w1 = cpu_seconds(), client.run(cpu_seconds)
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
             start_s = time.perf_counter() - t
             opts = RunOptions(out=out, backend=backend, progress=False)
             run_job(job, opts, client=client)  # warm-up (sample cache, Numba's cache loaded on the workers)
-            rep, cpu = min((timed_run(run_job, job, opts, client) for _ in range(args.repeat)),
+            rep, cpu = min((timed_run(job, opts, client) for _ in range(args.repeat)),
                            key=lambda r: r[0].duration_s)
             per_empty = empty_task_overhead(client, args.empty_tasks)
         c = rep.counts

@@ -126,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``gpurisk`` console script: ``main``, then exit with its code.
 
-    The exit skips the interpreter's teardown (freeing every module and object, and the native runtimes'
-    destructors: about 0.6 s after a batch run, which loaded pandas, JAX, Numba and Dask) once its work is
-    done: the ``atexit`` handlers run (logging's flush among them), stdout and stderr are flushed, then the
-    process ends. Every output is written and closed by then (the project's writer is atomic), and the
+    Once the work is done the exit skips the interpreter's teardown (freeing every module and object, and
+    the native runtimes' destructors: about 0.6 s after a batch run, which loaded pandas, JAX, Numba and
+    Dask): the ``atexit`` handlers run (logging's flush among them), stdout and stderr are flushed, then
+    the process ends. Every output is written and closed by then (the project's writer is atomic), and the
     embedded cluster is closed inside ``main``. A non-daemon thread still running means work in flight:
     then the normal exit waits for it. After a stop signal the process ends at once (logging flushed, no
-    ``atexit`` handlers), whatever is running: a runtime stopped
-    mid-work (XLA's compiler threads, a cluster's I/O loop) can crash a normal teardown (SIGSEGV, seen
-    about one SIGTERM in three), which would turn exit 143 into -11."""
+    ``atexit`` handlers), whatever is running: a runtime stopped mid-work (XLA's compiler threads, a
+    cluster's I/O loop) can crash a normal teardown (SIGSEGV, seen about one SIGTERM in three), which
+    would turn exit 143 into -11."""
     import atexit
     import logging
     import os
@@ -142,17 +142,15 @@ def entry() -> None:
     import threading
 
     code = main()
-    stopped = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
-    busy = any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread())
-    if stopped or not busy:
-        if stopped:
-            logging.shutdown()
-        else:
-            atexit._run_exitfuncs()  # what a normal exit runs (logging.shutdown is one), then no teardown
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        logging.shutdown()
+    elif any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    else:
+        atexit._run_exitfuncs()  # what a normal exit runs (logging.shutdown is one), then no teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
